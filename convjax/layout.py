@@ -315,10 +315,11 @@ def check_float(a: jax.Array, name: str, op: str, layout: str) -> None:
 
 
 def check_activation_rank(x: jax.Array, rank: int, op: str, name: str = "x",
-                          because: str = "") -> Layout:
+                          because: str = "", window_word: str = "kernel") -> Layout:
     """Check that ``x`` is rank ``rank + 2`` channels-last; return the layout.
 
-    ``because`` explains where ``rank`` came from (e.g. "for a 2D kernel HWIO [...]").
+    ``because`` explains where ``rank`` came from (e.g. "for a 2D kernel HWIO [...]");
+    ``window_word`` is what fixes the rank ("kernel" for convs, "window" for pooling).
     """
     lay = layout_for_rank(rank)
     shape = _shape(x)
@@ -328,10 +329,13 @@ def check_activation_rank(x: jax.Array, rank: int, op: str, name: str = "x",
         if len(shape) == rank + 1:
             msg += (f"; an unbatched {lay.activations[1:]} input needs a batch axis: "
                     f"{name}[None]")
-        elif len(shape) in (3, 4, 5) and len(shape) - 2 != rank:
+        if len(shape) in (3, 4, 5):
             other = layout_for_rank(len(shape) - 2)
-            msg += (f"; a rank-{len(shape)} input is {other.activations}, which needs a "
-                    f"{other.rank}D kernel {other.describe_kernel()}")
+            needs = (f"{other.rank}D kernel {other.describe_kernel()}"
+                     if window_word == "kernel" else
+                     f"{other.rank}-entry window ({', '.join(other.spatial)})")
+            msg += (f"; a batched rank-{len(shape)} input is {other.activations}, which "
+                    f"needs a {needs}")
         raise ValueError(msg)
     return lay
 

@@ -38,7 +38,7 @@ def _pool_args(op, x, window, stride, padding, *, floating_only):
                              f"dim of NWC, NHWC or NDHWC), got {window!r}")
     lay = L.check_activation_rank(x, rank, op,
                                   because=f" for window {window!r}" if rank != x.ndim - 2
-                                  else "")
+                                  else "", window_word="window")
     if floating_only:
         L.check_float(x, "x", op, lay.describe_x())
     elif x.dtype == jnp.bool_:
