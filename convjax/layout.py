@@ -376,9 +376,14 @@ def check_channels(x: jax.Array, expected: int, lay: Layout, op: str, *, groups:
                f"(I={expected // groups}, groups={groups}) but {name} has C={c} channels "
                f"({name} is {lay.describe_x()}, shape {shape})")
     if shape[1] == expected:
-        msg += (f"; {name} looks channels-first (NC{lay.activations[1:-1]}, as in PyTorch): "
-                f"convert it with {_CONVERTERS[lay.rank].replace('(x)', f'({name})')}")
+        msg += channels_first_hint(lay, name)
     raise ValueError(msg)
+
+
+def channels_first_hint(lay: Layout, name: str = "x") -> str:
+    """"; x looks channels-first (NCHW, as in PyTorch): convert it with ..." for messages."""
+    return (f"; {name} looks channels-first (NC{lay.activations[1:-1]}, as in PyTorch): "
+            f"convert it with {_CONVERTERS[lay.rank].replace('(x)', f'({name})')}")
 
 
 def check_bias(bias: Any, features: int, op: str, dtype: Any) -> jax.Array | None:

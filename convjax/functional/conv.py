@@ -20,20 +20,10 @@ import numpy as np
 from jax import lax
 
 from convjax import layout as L
+from convjax.functional._common import accum_dtype, effective, finish
+from convjax.functional.dense import linear
 
-__all__ = ["conv", "pointwise", "conv_transpose"]
-
-
-def _accum_dtype(dtype) -> Any:
-    """float32 accumulation for half-precision inputs; None keeps XLA's default."""
-    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else None
-
-
-def _finish(y: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
-    """Add the bias in the accumulation dtype, then round once to ``dtype``."""
-    if bias is not None:
-        y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
-    return y.astype(dtype)
+__all__ = ["conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv"]
 
 
 def _check_groups(groups: Any, op: str) -> int:
@@ -41,11 +31,6 @@ def _check_groups(groups: Any, op: str) -> int:
             or groups < 1):
         raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
     return int(groups)
-
-
-def _effective(window: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
-    """Dilated window size ``(K - 1) * d + 1`` per dim."""
-    return tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
 
 
 def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any = "SAME",
@@ -78,14 +63,7 @@ def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any
     [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
     """
     op = "conv"
-    kernel = L.as_array(kernel, "kernel", op)
-    klay = L.check_kernel(kernel, op)
-    rank = klay.rank
-    x = L.as_array(x, "x", op)
-    lay = L.check_activation_rank(
-        x, rank, op, because=f" for a {rank}D kernel {klay.describe_kernel()} of shape "
-                             f"{tuple(kernel.shape)}")
-    L.check_float(x, "x", op, lay.describe_x())
+    x, kernel, lay, klay = _conv_operands(op, x, kernel)
     groups = _check_groups(groups, op)
     *window, i, o = kernel.shape
     c = x.shape[-1]
@@ -103,12 +81,31 @@ def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any
             f"= {c // groups} per group for groups={groups} (x is {lay.describe_x()}, shape "
             f"{tuple(x.shape)}; kernel is {klay.describe_kernel()}, shape "
             f"{tuple(kernel.shape)})")
-    stride = L.normalize_tuple(stride, rank, "stride", op=op)
-    dilation = L.normalize_tuple(dilation, rank, "dilation", op=op)
-    pad = L.normalize_padding(padding, x.shape[1:-1], _effective(window, dilation), stride,
-                              op=op)
+    stride, dilation, pad = _window_args(op, x, window, stride, padding, dilation)
     bias = L.check_bias(bias, o, op, x.dtype)
     return _conv(x, kernel.astype(x.dtype), bias, stride, pad, dilation, groups)
+
+
+def _conv_operands(op, x, kernel, kernel_name="kernel"):
+    """Arrays, rank and layouts of a conv's ``x`` and kernel, checked."""
+    kernel = L.as_array(kernel, kernel_name, op)
+    klay = L.check_kernel(kernel, op, name=kernel_name)
+    x = L.as_array(x, "x", op)
+    lay = L.check_activation_rank(
+        x, klay.rank, op, because=f" for a {klay.rank}D {kernel_name} "
+                                  f"{klay.describe_kernel()} of shape {tuple(kernel.shape)}")
+    L.check_float(x, "x", op, lay.describe_x())
+    return x, kernel, lay, klay
+
+
+def _window_args(op, x, window, stride, padding, dilation):
+    """Normalized ``(stride, dilation, Padding)`` of a conv over ``x``'s spatial axes."""
+    rank = len(window)
+    stride = L.normalize_tuple(stride, rank, "stride", op=op)
+    dilation = L.normalize_tuple(dilation, rank, "dilation", op=op)
+    pad = L.normalize_padding(padding, x.shape[1:-1], effective(window, dilation), stride,
+                              op=op)
+    return stride, dilation, pad
 
 
 def _conv(x, kernel, bias, stride, pad: L.Padding, dilation, groups):
@@ -120,8 +117,8 @@ def _conv(x, kernel, bias, stride, pad: L.Padding, dilation, groups):
     y = lax.conv_general_dilated(
         x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
         dimension_numbers=L.dimension_numbers(kernel.ndim - 2),
-        feature_group_count=groups, preferred_element_type=_accum_dtype(x.dtype))
-    return _finish(y, bias, x.dtype)
+        feature_group_count=groups, preferred_element_type=accum_dtype(x.dtype))
+    return finish(y, bias, x.dtype)
 
 
 def pointwise(x: Any, kernel: Any, bias: Any = None) -> jax.Array:
@@ -151,7 +148,6 @@ def pointwise(x: Any, kernel: Any, bias: Any = None) -> jax.Array:
     op = "pointwise"
     kernel = L.as_array(kernel, "kernel", op)
     x = L.as_array(x, "x", op)
-    kshape = tuple(kernel.shape)
     if kernel.ndim == 2:
         if x.ndim not in (3, 4, 5):
             raise ValueError(
@@ -160,26 +156,127 @@ def pointwise(x: Any, kernel: Any, bias: Any = None) -> jax.Array:
         rank = x.ndim - 2
     else:
         rank = L.check_kernel(kernel, op).rank
-        klay = L.layout_for_rank(rank)
-        if any(k != 1 for k in kshape[:-2]):
-            raise ValueError(f"{op}: kernel must be [C, O] or 1x1 {klay.describe_kernel()}, "
-                             f"got window {kshape[:-2]} (shape {kshape}); use conv for "
-                             f"larger windows")
-    lay = L.check_activation_rank(x, rank, op, because=f" for a kernel of shape {kshape}")
+    lay = L.check_activation_rank(x, rank, op,
+                                  because=f" for a kernel of shape {tuple(kernel.shape)}")
     L.check_float(x, "x", op, lay.describe_x())
-    if kernel.ndim == 2:
-        for letter, v in zip("IO", kshape):
-            if v == 0:
-                raise ValueError(f"{op}: kernel [I, O] has {letter}=0 (shape {kshape}); "
-                                 f"every axis must be >= 1")
-        L.check_float(kernel, "kernel", op, "[I, O]")
-    i, o = kshape[-2:]
+    i, o = _pointwise_kernel(op, "kernel", kernel, rank)
     L.check_channels(x, i, lay, op)
     bias = L.check_bias(bias, o, op, x.dtype)
-    w = kernel.reshape(i, o).astype(x.dtype)
-    y = lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
-                        preferred_element_type=_accum_dtype(x.dtype))
-    return _finish(y, bias, x.dtype)
+    return linear(x, kernel.reshape(i, o), bias)
+
+
+def _pointwise_kernel(op, name, kernel, rank) -> tuple[int, int]:
+    """Check a 1x1 kernel ``[I, O]`` or ``[1, ..., 1, I, O]`` of ``rank``; return ``(I, O)``."""
+    shape = tuple(kernel.shape)
+    lay = L.layout_for_rank(rank)
+    if kernel.ndim == 2:
+        for letter, v in zip("IO", shape):
+            if v == 0:
+                raise ValueError(f"{op}: {name} [I, O] has {letter}=0 (shape {shape}); "
+                                 f"every axis must be >= 1")
+        L.check_float(kernel, name, op, "[I, O]")
+    else:
+        if kernel.ndim != rank + 2:
+            raise ValueError(f"{op}: {name} must be [I, O] or 1x1 {lay.describe_kernel()} "
+                             f"(rank 2 or {rank + 2}), got shape {shape}")
+        L.check_kernel(kernel, op, name=name)
+        if any(k != 1 for k in shape[:-2]):
+            raise ValueError(f"{op}: {name} must be [I, O] or 1x1 {lay.describe_kernel()}, "
+                             f"got window {shape[:-2]} (shape {shape}); use conv for "
+                             f"larger windows")
+    return shape[-2], shape[-1]
+
+
+def _depthwise_args(op, x, kernel, stride, padding, dilation, kernel_name="kernel"):
+    """Checks shared by ``depthwise_conv`` and ``separable_conv``; normalized arguments."""
+    x, kernel, lay, klay = _conv_operands(op, x, kernel, kernel_name)
+    *window, i, o = kernel.shape
+    c = x.shape[-1]
+    desc = klay.describe_kernel().replace("I, O]", "1, C*M]")
+    if i != 1:
+        msg = (f"{op}: {kernel_name} {desc} must have I=1 (each filter sees one input "
+               f"channel), got I={i} (shape {tuple(kernel.shape)})")
+        if i == c:
+            msg += (f"; a Keras-style [*window, C, M] kernel converts with "
+                    f"{kernel_name}.reshape(*window, 1, C * M)")
+        raise ValueError(msg)
+    if o % c:
+        msg = (f"{op}: channel multiplier mismatch: {kernel_name} {desc} has O={o} output "
+               f"channels, not a multiple C*M of x's C={c} channels (x is "
+               f"{lay.describe_x()}, shape {tuple(x.shape)})")
+        if x.ndim > 2 and o % x.shape[1] == 0 and x.shape[1] != c:
+            msg += L.channels_first_hint(lay)
+        raise ValueError(msg)
+    stride, dilation, pad = _window_args(op, x, window, stride, padding, dilation)
+    return x, kernel.astype(x.dtype), stride, dilation, pad, lay
+
+
+def depthwise_conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
+                   padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
+    """Depthwise conv: each input channel convolved with its own ``M`` filters.
+
+    Equal to :func:`conv` with ``groups=C`` (that is how it is computed): output channel
+    ``c * M + m`` is input channel ``c`` correlated with filter ``kernel[..., 0, c*M + m]``.
+    No channel mixing; ``prod(window) * C * M`` weights.
+
+    Args:
+      x: ``[N, W, C]``, ``[N, H, W, C]`` or ``[N, D, H, W, C]``.
+      kernel: ``[*window, 1, C*M]`` (``M`` the channel multiplier), the layout of
+        ``flax.linen.Conv(feature_group_count=C)`` and Haiku. A Keras
+        ``DepthwiseConv2D`` kernel ``[KH, KW, C, M]`` converts with
+        ``kernel.reshape(KH, KW, 1, C * M)``.
+      bias: ``[C*M]`` or None.
+      stride, padding, dilation: as for :func:`conv`.
+
+    Returns:
+      ``[N, H', W', C*M]`` with ``H'`` as for :func:`conv`.
+
+    >>> depthwise_conv(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 1, 6))).shape
+    (2, 8, 8, 6)
+    """
+    op = "depthwise_conv"
+    x, kernel, stride, dilation, pad, _ = _depthwise_args(op, x, kernel, stride, padding,
+                                                          dilation)
+    bias = L.check_bias(bias, kernel.shape[-1], op, x.dtype)
+    return _conv(x, kernel, bias, stride, pad, dilation, x.shape[-1])
+
+
+def separable_conv(x: Any, depthwise_kernel: Any, pointwise_kernel: Any, bias: Any = None, *,
+                   stride: Any = 1, padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
+    """Depthwise-separable conv: :func:`depthwise_conv`, then :func:`pointwise`.
+
+    The spatial filtering (one small filter per channel) and the channel mixing (a 1x1
+    conv) are factored apart: ``prod(window) * C * M + C * M * O`` weights instead of a
+    full conv's ``prod(window) * C * O``. The bias is on the pointwise part only, as in
+    Keras' ``SeparableConv2D``, so parameter counts match Keras.
+
+    Args:
+      x: ``[N, W, C]``, ``[N, H, W, C]`` or ``[N, D, H, W, C]``.
+      depthwise_kernel: ``[*window, 1, C*M]``.
+      pointwise_kernel: ``[C*M, O]`` or ``[1, ..., 1, C*M, O]``.
+      bias: ``[O]`` or None.
+      stride, padding, dilation: of the depthwise part (as for :func:`conv`).
+
+    Returns:
+      ``[N, H', W', O]``.
+
+    >>> separable_conv(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 1, 6)), jnp.ones((6, 16))).shape
+    (2, 8, 8, 16)
+    """
+    op = "separable_conv"
+    x, dk, stride, dilation, pad, lay = _depthwise_args(
+        op, x, depthwise_kernel, stride, padding, dilation, "depthwise_kernel")
+    pointwise_kernel = L.as_array(pointwise_kernel, "pointwise_kernel", op)
+    i, o = _pointwise_kernel(op, "pointwise_kernel", pointwise_kernel, lay.rank)
+    cm = dk.shape[-1]
+    if i != cm:
+        raise ValueError(f"{op}: pointwise_kernel [C*M, O] = {tuple(pointwise_kernel.shape)} "
+                         f"expects I={i} input channels but the depthwise part gives "
+                         f"C*M={cm} (x has C={x.shape[-1]}, depthwise_kernel "
+                         f"{tuple(dk.shape)})")
+    bias = L.check_bias(bias, o, op, x.dtype)
+    h = _conv(x, dk, None, stride, pad, dilation, x.shape[-1])
+    return linear(h, pointwise_kernel.reshape(i, o), bias)
 
 
 def _transpose_spatial(y_shape, kernel_shape, output_shape, lay: L.Layout, op: str):
@@ -263,7 +360,7 @@ def conv_transpose(y: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
                      source="kernel (the forward kernel)")
     stride = L.normalize_tuple(stride, rank, "stride", op=op)
     dilation = L.normalize_tuple(dilation, rank, "dilation", op=op)
-    eff = _effective(window, dilation)
+    eff = effective(window, dilation)
     m = tuple(y.shape[1:-1])
     spatial = _transpose_spatial(tuple(y.shape), tuple(kernel.shape), output_shape, lay, op)
     if spatial is None:
@@ -306,7 +403,7 @@ def _sizes_giving(padding, m: int, k: int, s: int, op: str) -> list[int]:
 def _conv_transpose(y, kernel, bias, stride, pad: L.Padding, dilation, spatial):
     """The validated adjoint: one canonical conv with the rotated, I/O-swapped kernel."""
     rank = kernel.ndim - 2
-    eff = _effective(kernel.shape[:rank], dilation)
+    eff = effective(kernel.shape[:rank], dilation)
     if pad.circular:  # the forward conv is VALID on the wrap-padded input
         conv_pairs = ((0, 0),) * rank
         sizes = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pad.pairs))
@@ -318,9 +415,9 @@ def _conv_transpose(y, kernel, bias, stride, pad: L.Padding, dilation, spatial):
     z = lax.conv_general_dilated(
         y, rotated, window_strides=(1,) * rank, padding=adj, lhs_dilation=stride,
         rhs_dilation=dilation, dimension_numbers=L.dimension_numbers(rank),
-        preferred_element_type=_accum_dtype(y.dtype))
+        preferred_element_type=accum_dtype(y.dtype))
     if pad.circular:
         x_shape = (z.shape[0], *spatial, z.shape[-1])
         (z,) = jax.linear_transpose(lambda a: L.circular_pad(a, pad.pairs),
                                     jax.ShapeDtypeStruct(x_shape, z.dtype))(z)
-    return _finish(z, bias, y.dtype)
+    return finish(z, bias, y.dtype)

@@ -1,0 +1,77 @@
+"""Every op in float32, bfloat16 and float16: output dtype = input dtype, values close to
+the float32 computation on the same (rounded) inputs.
+
+Tolerance, relative to the output's scale: one output rounding plus float32 accumulation
+means a few units in the last place of the half type: bfloat16 (8 mantissa bits,
+eps 2^-7 = 0.0078) within 2e-2, float16 (11 bits, eps 2^-10 = 0.00098) within 3e-3,
+float32 within 1e-6. Accumulation in float32 is what keeps these fixed as sums grow
+(checked by the wide-sum case below, where half-precision accumulation would fail).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import convjax
+
+TOL = {jnp.float32: 1e-6, jnp.bfloat16: 2e-2, jnp.float16: 3e-3}
+
+rng0 = np.random.default_rng(0)
+X = rng0.normal(size=(2, 6, 6, 4)).astype(np.float32)
+K = (rng0.normal(size=(3, 3, 4, 5)) / 6).astype(np.float32)
+B = rng0.normal(size=(5,)).astype(np.float32)
+DK = (rng0.normal(size=(3, 3, 1, 8)) / 3).astype(np.float32)
+PK = (rng0.normal(size=(8, 5)) / 3).astype(np.float32)
+W = (rng0.normal(size=(4, 3)) / 2).astype(np.float32)
+BN_P = {"scale": np.array([1.0, 2.0, 0.5, 1.5], np.float32), "bias": np.zeros(4, np.float32)}
+BN_S = {"mean": np.zeros(4, np.float32), "var": np.ones(4, np.float32)}
+
+OPS = {
+    "conv": lambda x, d: convjax.conv(x, d(K), d(B), stride=2),
+    "pointwise": lambda x, d: convjax.pointwise(x, d(K[1, 1]), d(B)),
+    "conv_transpose": lambda x, d: convjax.conv_transpose(x, d(K.transpose(0, 1, 3, 2)),
+                                                          stride=2),
+    "depthwise_conv": lambda x, d: convjax.depthwise_conv(x, d(DK)),
+    "separable_conv": lambda x, d: convjax.separable_conv(x, d(DK), d(PK),
+                                                          d(B)),
+    "dense": lambda x, d: convjax.dense(convjax.flatten(x)[:, :4], d(W)),
+    "dropout": lambda x, d: convjax.dropout(jax.random.key(0), x, 0.25, deterministic=False),
+    "batch_norm": lambda x, d: convjax.batch_norm(BN_P, BN_S, x, training=True)[0],
+    "max_pool": lambda x, d: convjax.max_pool(x, 3, 2, "SAME"),
+    "avg_pool": lambda x, d: convjax.avg_pool(x, 3, 2, "SAME"),
+    "global_avg_pool": lambda x, d: convjax.global_avg_pool(x),
+    "global_max_pool": lambda x, d: convjax.global_max_pool(x),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", list(OPS))
+def test_dtype_grid(name, dtype):
+    op = OPS[name]
+    x = jnp.asarray(X, dtype)
+    y = op(x, lambda a: jnp.asarray(a, dtype))
+    assert y.dtype == dtype, (name, y.dtype)
+    # The same inputs and parameters, rounded to `dtype`, computed in float32.
+    rounded = lambda a: jnp.asarray(jnp.asarray(a, dtype), jnp.float32)  # noqa: E731
+    want = np.asarray(op(rounded(X), rounded))
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=TOL[dtype],
+                               atol=TOL[dtype] * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_wide_sums_accumulate_in_float32(dtype):
+    # 4096 products of 1 * 1/4096 (exact in both types) plus one: float32 accumulation
+    # gives exactly 2; summing in bfloat16 would stall at 1 + ... (eps 2^-7), in float16
+    # at 1 + 2^-10 steps; adding 2^-12 to 1 in half precision is a no-op.
+    c = 4096
+    x = jnp.ones((1, 1, 1, c + 1), dtype)
+    k = jnp.concatenate([jnp.ones((1,)), jnp.full((c,), 1.0 / c)]).reshape(1, 1, c + 1, 1)
+    order = jnp.asarray(k, dtype)
+    assert float(convjax.conv(x, order)[0, 0, 0, 0]) == 2.0
+    assert float(convjax.pointwise(x, order.reshape(c + 1, 1))[0, 0, 0, 0]) == 2.0
+    assert float(convjax.dense(x.reshape(1, -1), order.reshape(c + 1, 1))[0, 0]) == 2.0
+    pooled = convjax.avg_pool(jnp.asarray(np.r_[np.full(c, 1.0 / c), [1.0]].reshape(
+        1, c + 1, 1), dtype), c + 1)
+    np.testing.assert_allclose(float(pooled[0, 0, 0]), 2.0 / (c + 1), rtol=TOL[dtype])
