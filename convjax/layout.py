@@ -162,7 +162,8 @@ def normalize_tuple(value: Any, rank: int, name: str, *, op: str = "conv",
 
 
 PADDING_FORMS = ('"SAME", "VALID", "CIRCULAR", an int >= 0 (both sides of every spatial '
-                 'dim), or a sequence of (low, high) int pairs, one per spatial dim')
+                 'dim), or a sequence with one entry per spatial dim, each a (low, high) '
+                 'int pair or an int (both sides)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,8 @@ def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
 
 def normalize_padding(padding: Any, sizes: Sequence[int], windows: Sequence[int],
                       strides: Sequence[int], *, op: str = "conv",
-                      name: str = "padding", check_fits: bool = True) -> Padding:
+                      name: str = "padding", check_fits: bool = True,
+                      window_note: str = " (after dilation)") -> Padding:
     """Turn a padding argument into explicit ``(low, high)`` pairs.
 
     Args:
@@ -204,6 +206,7 @@ def normalize_padding(padding: Any, sizes: Sequence[int], windows: Sequence[int]
       strides: strides per dim.
       op: name of the calling op, for messages.
       check_fits: raise if a window is larger than its padded input.
+      window_note: said after the window size in that error.
 
     Returns:
       a :class:`Padding`. ``"SAME"`` and ``"CIRCULAR"`` give output
@@ -256,7 +259,7 @@ def normalize_padding(padding: Any, sizes: Sequence[int], windows: Sequence[int]
         for axis, n, k, (lo, hi) in zip(lay.spatial, sizes, windows, pairs):
             if n + lo + hi < k:
                 raise ValueError(
-                    f"{op}: window K{axis}={k} (after dilation) is larger than the padded "
+                    f"{op}: window K{axis}={k}{window_note} is larger than the padded "
                     f"input {axis}={n}+{lo}+{hi}={n + lo + hi} (x is {lay.describe_x()}, "
                     f"{name}={padding!r}); use a smaller window or more padding")
     return Padding(pairs, circular)
@@ -299,9 +302,11 @@ def as_array(a: Any, name: str, op: str) -> jax.Array:
     """``a`` as a jax array (tracers pass through); a TypeError names ``name`` otherwise."""
     if isinstance(a, jax.Array):
         return a
+    if a is None:
+        raise TypeError(f"{op}: {name} must be an array, got None")
     try:
         return jnp.asarray(a)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}") from e
 
 
@@ -386,15 +391,20 @@ def channels_first_hint(lay: Layout, name: str = "x") -> str:
             f"convert it with {_CONVERTERS[lay.rank].replace('(x)', f'({name})')}")
 
 
-def check_bias(bias: Any, features: int, op: str, dtype: Any) -> jax.Array | None:
-    """Check ``bias: [O]`` and return it cast to ``dtype`` (None passes through)."""
+def check_bias(bias: Any, features: int, op: str, dtype: Any,
+               letter: str = "O") -> jax.Array | None:
+    """Check ``bias: [O]`` (one per channel of the result) and cast it to ``dtype``.
+
+    ``letter`` names the kernel axis that sets the count (``I`` for a transposed conv).
+    None passes through.
+    """
     if bias is None:
         return None
     bias = as_array(bias, "bias", op)
     if _shape(bias) != (features,):
-        raise ValueError(f"{op}: bias must have shape [O]=({features},), one per output "
-                         f"channel, got shape {_shape(bias)}")
-    check_float(bias, "bias", op, "[O]")
+        raise ValueError(f"{op}: bias must have shape [{letter}]=({features},), one per "
+                         f"channel of the result, got shape {_shape(bias)}")
+    check_float(bias, "bias", op, f"[{letter}]")
     return bias.astype(dtype)
 
 

@@ -202,13 +202,18 @@ def test_parity_with_flax_linen_conv(rng, kernel_size, strides, padding, dilatio
 
 def test_circular_stride2_uses_same_split_unlike_flax(rng):
     # Documented difference: with stride 2, CIRCULAR here uses SAME's pad split
-    # (H=8, K=3, s=2 -> (0, 1)); flax.linen.Conv pads ((K-1)//2, K//2) = (1, 1).
+    # (W=8, K=3, s=2 -> (0, 1)); flax.linen.Conv pads ((K-1)//2, K//2) = (1, 1).
     x = jnp.asarray(rng.normal(size=(1, 8, 1)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 1, 1)), jnp.float32)
     got = convjax.conv(x, k, stride=2, padding="CIRCULAR")
-    want = ref.conv(x, k, stride=[2], padding="CIRCULAR", dilation=[1])
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
-    wrapped = np.concatenate([np.asarray(x)[:, :], np.asarray(x)[:, :1]], axis=1)
-    np.testing.assert_allclose(np.asarray(got), ref.conv(wrapped, k, stride=[2],
-                                                         padding="VALID", dilation=[1]),
-                               rtol=1e-5, atol=1e-5)
+    xn = np.asarray(x)
+    ours = np.concatenate([xn, xn[:, :1]], axis=1)          # pad (0, 1) by wrap-around
+    flaxs = np.concatenate([xn[:, -1:], xn, xn[:, :1]], axis=1)  # pad (1, 1)
+    np.testing.assert_allclose(np.asarray(got), ref.conv(ours, k, stride=[2], padding="VALID",
+                                                         dilation=[1]), rtol=1e-5, atol=1e-5)
+    layer = nn.Conv(1, (3,), strides=2, padding="CIRCULAR", use_bias=False)
+    flax_out = layer.apply({"params": {"kernel": k}}, x)
+    np.testing.assert_allclose(np.asarray(flax_out), ref.conv(
+        flaxs, k, stride=[2], padding="VALID", dilation=[1]), rtol=1e-5, atol=1e-5)
+    assert got.shape == flax_out.shape and not np.allclose(np.asarray(got),
+                                                           np.asarray(flax_out))

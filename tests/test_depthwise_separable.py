@@ -30,19 +30,21 @@ def depthwise_ref(x, k, *, stride, padding, dilation):
     (2, 1, 1, "SAME", 1), (2, 2, 2, "SAME", 1), (2, 1, 1, "VALID", 2), (2, 2, 1, [(1, 0), (2, 1)], 1),
     (2, 1, 2, "CIRCULAR", 1), (3, 1, 1, "SAME", 1), (3, 2, 2, "VALID", 1),
 ])
+@pytest.mark.parametrize("method", ["grouped", "taps"])
 def test_depthwise_matches_per_channel_loops_and_grouped_conv(rng, rank, multiplier, stride,
-                                                              padding, dilation):
+                                                              padding, dilation, method):
     c = 3
     x = rng.normal(size=(2, *([6] * rank), c)).astype(np.float32)
     k = rng.normal(size=(*([3] * rank), 1, c * multiplier)).astype(np.float32)
     b = rng.normal(size=(c * multiplier,)).astype(np.float32)
-    got = convjax.depthwise_conv(x, k, b, stride=stride, padding=padding, dilation=dilation)
+    got = convjax.depthwise_conv(x, k, b, stride=stride, padding=padding, dilation=dilation,
+                                 method=method)
     want = depthwise_ref(x, k, stride=[stride] * rank, padding=padding,
                          dilation=[dilation] * rank) + b
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
     grouped = convjax.conv(x, k, b, stride=stride, padding=padding, dilation=dilation,
                            groups=c)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(grouped))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(grouped), rtol=1e-5, atol=1e-5)
 
 
 def test_depthwise_parity_with_flax_feature_group_count(rng):
@@ -55,20 +57,21 @@ def test_depthwise_parity_with_flax_feature_group_count(rng):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["grouped", "taps"])
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_separable_is_depthwise_then_pointwise(rng, rank):
+def test_separable_is_depthwise_then_pointwise(rng, rank, method):
     c, m, o = 3, 2, 5
     x = rng.normal(size=(2, *([5] * rank), c)).astype(np.float32)
     dk = rng.normal(size=(*([3] * rank), 1, c * m)).astype(np.float32)
     pk = rng.normal(size=(c * m, o)).astype(np.float32)
     b = rng.normal(size=(o,)).astype(np.float32)
-    got = convjax.separable_conv(x, dk, pk, b, stride=2, padding="SAME")
+    got = convjax.separable_conv(x, dk, pk, b, stride=2, padding="SAME", method=method)
     h = depthwise_ref(x, dk, stride=[2] * rank, padding="SAME", dilation=[1] * rank)
     want = np.einsum("...c,co->...o", h, pk) + b
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
     # The conv form of the pointwise kernel gives the same result.
     got4 = convjax.separable_conv(x, dk, pk.reshape((1,) * rank + (c * m, o)), b, stride=2)
-    np.testing.assert_allclose(np.asarray(got4), np.asarray(got), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got4), np.asarray(got), rtol=1e-5, atol=1e-6)
 
 
 def test_separable_parameter_count_matches_keras():
@@ -82,14 +85,31 @@ def test_separable_parameter_count_matches_keras():
     assert sum(v.size for v in p.values()) == 640
 
 
-def test_check_grads(rng):
+@pytest.mark.parametrize("method", ["grouped", "taps"])
+def test_check_grads(rng, method):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     dk = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32)
     pk = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
-    check_grads(lambda a, k: convjax.depthwise_conv(a, k, stride=2), (x, dk), order=2,
-                modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
-    check_grads(lambda a, k, p: convjax.separable_conv(a, k, p), (x, dk, pk), order=2,
-                modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
+    check_grads(lambda a, k: convjax.depthwise_conv(a, k, stride=2, method=method), (x, dk),
+                order=2, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
+    check_grads(lambda a, k, p: convjax.separable_conv(a, k, p, method=method), (x, dk, pk),
+                order=2, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
+
+
+def test_auto_method_picks_taps_on_cpu_and_both_give_equal_gradients(rng):
+    x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(lambda a: convjax.depthwise_conv(a, k))(x))
+    if jax.default_backend() == "cpu":
+        assert "conv_general_dilated" not in jaxpr
+    grads = {m: jax.jit(jax.grad(lambda a, w: jnp.sum(jnp.sin(convjax.depthwise_conv(
+        a, w, stride=2, dilation=1, method=m))), argnums=(0, 1)))(x, k)
+        for m in ("grouped", "taps")}
+    for a, b in zip(grads["grouped"], grads["taps"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="method must be 'auto', 'grouped' or 'taps', got "
+                                         "'fft'"):
+        convjax.depthwise_conv(x, k, method="fft")
 
 
 def _raises(pattern, fn, *args, **kwargs):

@@ -75,3 +75,22 @@ def test_wide_sums_accumulate_in_float32(dtype):
     pooled = convjax.avg_pool(jnp.asarray(np.r_[np.full(c, 1.0 / c), [1.0]].reshape(
         1, c + 1, 1), dtype), c + 1)
     np.testing.assert_allclose(float(pooled[0, 0, 0]), 2.0 / (c + 1), rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_ops_ask_xla_for_float32_accumulation(dtype):
+    # XLA:CPU happens to accumulate half-precision convs in float32 either way, so the
+    # values above cannot tell; the program must say it, for TPU and GPU.
+    x = jnp.zeros((1, 4, 4, 4), dtype)
+    programs = {
+        "conv": jax.make_jaxpr(lambda a: convjax.conv(a, jnp.zeros((3, 3, 4, 2), dtype)))(x),
+        "conv_transpose": jax.make_jaxpr(lambda a: convjax.conv_transpose(
+            a, jnp.zeros((3, 3, 2, 4), dtype)))(x),
+        "depthwise_conv": jax.make_jaxpr(lambda a: convjax.depthwise_conv(
+            a, jnp.zeros((3, 3, 1, 4), dtype), method="grouped"))(x),
+        "pointwise": jax.make_jaxpr(lambda a: convjax.pointwise(
+            a, jnp.zeros((4, 2), dtype)))(x),
+        "dense": jax.make_jaxpr(lambda a: convjax.dense(a, jnp.zeros((4, 2), dtype)))(x),
+    }
+    for name, jaxpr in programs.items():
+        assert "preferred_element_type=float32" in str(jaxpr), name

@@ -70,6 +70,9 @@ def test_rank_mismatch(no_xla):
     _raises(ValueError, re.escape("x must be rank 3 (NWC [N, W, C]) for a 1D kernel"),
             convjax.conv, X, jnp.zeros((3, 3, 8)))
     _raises(ValueError, "kernel must be rank 3, 4 or 5", convjax.conv, X, jnp.zeros((3, 8)))
+    _raises(ValueError, re.escape("pointwise: kernel must be [C, O] or a 1x1 conv kernel"),
+            convjax.pointwise, X, jnp.zeros((3,)))
+    _raises(TypeError, "conv: x must be an array, got None", convjax.conv, None, K)
     _raises(ValueError, "unbatched HWC input needs a batch axis", convjax.max_pool,
             jnp.zeros((28, 28, 3)), (2, 2))
     _raises(ValueError, "y must be rank 4", convjax.conv_transpose, jnp.zeros((2, 5, 8)), K)
@@ -82,9 +85,13 @@ def test_groups_divisibility(no_xla):
     _raises(ValueError, re.escape("conv: kernel has O=5 output channels (HWIO [KH, KW, I, O], "
                                   "shape (3, 3, 2, 5)), not divisible by groups=2"),
             convjax.conv, jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 2, 5)), groups=2)
-    _raises(ValueError, re.escape("kernel expects I=1 input channels per group but x has C=4 "
-                                  "channels = 2 per group for groups=2"),
-            convjax.conv, jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4)), groups=2)
+    msg = _raises(ValueError, re.escape("kernel expects I=1 input channels per group but x has "
+                                        "C=4 channels = 2 per group for groups=2"),
+                  convjax.conv, jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4)), groups=2)
+    assert "channels-first" not in msg
+    # NCHW with groups: axis 1 holds I * groups channels.
+    _raises(ValueError, "x looks channels-first .*nchw_to_nhwc",
+            convjax.conv, jnp.zeros((2, 4, 28, 28)), jnp.zeros((3, 3, 2, 8)), groups=2)
     _raises(ValueError, "groups must be an int >= 1, got 0", convjax.conv, X, K, groups=0)
 
 
@@ -113,7 +120,7 @@ def test_padding_errors_list_accepted_forms(no_xla):
     msg = _raises(ValueError, re.escape("conv: padding needs 2 (low, high) pairs, one per "
                                         "spatial dim H, W of NHWC, got 1"),
                   convjax.conv, X, K, padding=[(1, 1)])
-    assert "(low, high) int pairs" in msg
+    assert "each a (low, high) int pair or an int (both sides)" in msg
     _raises(ValueError, "padding for W must be a \\(low, high\\) pair of ints, got \\(1, 2, 3\\)",
             convjax.conv, X, K, padding=[(1, 1), (1, 2, 3)])
     _raises(ValueError, "padding must be >= 0, got -1", convjax.conv, X, K, padding=-1)
@@ -128,8 +135,19 @@ def test_window_larger_than_padded_input(no_xla):
     assert "padding='VALID'" in msg
     _raises(ValueError, "window KW=5 \\(after dilation\\)", convjax.conv,
             jnp.zeros((1, 9, 4, 2)), jnp.zeros((3, 3, 2, 1)), padding="VALID", dilation=2)
-    _raises(ValueError, "max_pool: window KH=4 .* larger than the padded input H=3",
-            convjax.max_pool, jnp.zeros((1, 3, 3, 1)), 4)
+    msg = _raises(ValueError, "max_pool: window KH=4 is larger than the padded input H=3",
+                  convjax.max_pool, jnp.zeros((1, 3, 3, 1)), 4)
+    assert "dilation" not in msg
+
+
+def test_pool_padding_not_smaller_than_window(no_xla):
+    # Such a window would hold only padding: -inf for max, 0/0 for the average.
+    for fn in (convjax.max_pool, convjax.avg_pool):
+        _raises(ValueError, re.escape("padding (3, 0) for W must be smaller than the window "
+                                      "KW=2 on each side"),
+                fn, jnp.ones((1, 3, 1)), 2, 1, [(3, 0)])
+        _raises(ValueError, re.escape("padding (0, 2) for H must be smaller than the window KH=2"),
+                fn, jnp.ones((1, 3, 3, 1)), 2, 1, [(0, 2), (1, 1)])
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
@@ -162,8 +180,8 @@ def test_empty_kernel_axis(no_xla, shape, letter):
 
 
 def test_bias_shape(no_xla):
-    _raises(ValueError, re.escape("conv: bias must have shape [O]=(8,), one per output "
-                                  "channel, got shape (3,)"),
+    _raises(ValueError, re.escape("conv: bias must have shape [O]=(8,), one per channel of "
+                                  "the result, got shape (3,)"),
             convjax.conv, X, K, jnp.zeros(3))
 
 
@@ -179,6 +197,11 @@ def test_conv_transpose_output_shape_inconsistent(no_xla):
             convjax.conv_transpose, y, K, stride=2, output_shape=(2, 28, 28, 5))
     _raises(ValueError, "output_shape must have 2 spatial sizes",
             convjax.conv_transpose, y, K, stride=2, output_shape=(28,))
+    _raises(TypeError, "output_shape must be a sequence of 2 spatial sizes .* as Python ints",
+            convjax.conv_transpose, y, K, stride=2, output_shape=(28.7, 28))
+    _raises(ValueError, re.escape("conv_transpose: bias must have shape [I]=(3,), one per "
+                                  "channel of the result, got shape (8,)"),
+            convjax.conv_transpose, y, K, jnp.zeros(8), stride=2)
     _raises(ValueError, re.escape("conv_transpose: kernel (the forward kernel) expects O=8 "
                                   "output channels but y has C=3 channels"),
             convjax.conv_transpose, jnp.zeros((2, 14, 14, 3)), K)

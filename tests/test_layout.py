@@ -18,15 +18,16 @@ def test_layout_table():
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_dimension_numbers_match_lax_strings(rank):
-    lay = layout.layout_for_rank(rank)
-    ones = (1,) * (rank + 2)
-    assert layout.dimension_numbers(rank) == lax.conv_dimension_numbers(
-        ones, ones, (lay.activations, lay.kernel, lay.activations))
+def test_dimension_numbers_put_batch_first_and_features_last(rank):
     dn = layout.dimension_numbers(rank)
+    assert isinstance(dn, lax.ConvDimensionNumbers)
     # Batch is axis 0 and features the last axis; kernel O last, I before it.
     assert dn.lhs_spec[:2] == (0, rank + 1)
     assert dn.rhs_spec[:2] == (rank + 1, rank)
+    # Spatial axes in order: H before W (after N for activations, first for kernels).
+    assert dn.lhs_spec[2:] == tuple(range(1, rank + 1))
+    assert dn.rhs_spec[2:] == tuple(range(rank))
+    assert dn.out_spec == dn.lhs_spec
 
 
 def test_normalize_tuple():

@@ -97,12 +97,25 @@ def test_dtypes_jit_grad_vmap(rng):
     assert convjax.max_pool(u8, 2).dtype == jnp.uint8
     assert np.asarray(convjax.max_pool(u8, 2, padding="SAME"))[0, :, :, 0].tolist() == [
         [80, 112], [208, 240]]
+    # Signed integers: padded cells hold the dtype's minimum, so negatives survive.
+    i8 = -np.arange(1, 17, dtype=np.int8).reshape(1, 4, 4, 1)
+    assert np.asarray(convjax.max_pool(i8, 3, 2, "SAME"))[0, :, :, 0].tolist() == [
+        [-1, -3], [-9, -11]]
     f = jax.jit(lambda a: convjax.avg_pool(a, 3, 2, "SAME"))
     np.testing.assert_allclose(np.asarray(f(x)), np.asarray(convjax.avg_pool(x, 3, 2, "SAME")),
                                rtol=1e-6)
     # Gradient of a max pool routes each window's gradient to its argmax.
     g = jax.grad(lambda a: convjax.max_pool(a, 2).sum())(jnp.asarray(x))
     assert float(g.sum()) == 2 * 3 * 3 * 3
+    # ... also when the gradient is taken of, or inside, a jitted function.
+    for fn in (convjax.max_pool, convjax.avg_pool):
+        for pad in ("VALID", "SAME", "CIRCULAR"):
+            loss = lambda a: fn(a, 3, 2, pad).sum()  # noqa: E731
+            g_eager = np.asarray(jax.grad(loss)(jnp.asarray(x)))
+            np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(loss))(x)), g_eager,
+                                       rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(jax.grad(jax.jit(loss))(x)), g_eager,
+                                       rtol=1e-6)
     ys = jax.vmap(lambda a: convjax.avg_pool(a, 2))(jnp.stack([x, 2 * x]))
     np.testing.assert_allclose(np.asarray(ys[1]), 2 * np.asarray(convjax.avg_pool(x, 2)),
                                rtol=1e-5)

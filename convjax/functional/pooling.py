@@ -45,11 +45,20 @@ def _pool_args(op, x, window, stride, padding, *, floating_only):
         raise TypeError(f"{op}: x must be numeric, got dtype bool (x is {lay.describe_x()})")
     window = L.normalize_tuple(window, rank, "window", op=op)
     stride = window if stride is None else L.normalize_tuple(stride, rank, "stride", op=op)
-    pad = L.normalize_padding(padding, x.shape[1:-1], window, stride, op=op)
+    pad = L.normalize_padding(padding, x.shape[1:-1], window, stride, op=op,
+                              window_note="")
+    for axis, k, (lo, hi) in zip(lay.spatial, window, pad.pairs):
+        if lo >= k or hi >= k:
+            raise ValueError(
+                f"{op}: padding {(lo, hi)} for {axis} must be smaller than the window "
+                f"K{axis}={k} on each side, or some windows would hold only padding (x is "
+                f"{lay.describe_x()}, padding={padding!r})")
     return x, lay, window, stride, pad
 
 
 def _reduce(x, init, fn, window, stride, pad: L.Padding):
+    # ``init`` must be a NumPy constant: a traced init value (e.g. ``jnp.array`` under
+    # jit) makes ``reduce_window`` fall back to its generic form, which has no gradient.
     pairs = pad.pairs
     if pad.circular:
         x = L.circular_pad(x, pairs)
@@ -66,8 +75,10 @@ def max_pool(x: Any, window: Any, stride: Any = None, padding: Any = "VALID") ->
         (e.g. uint8 images).
       window: int or one per spatial dim.
       stride: int or one per spatial dim; defaults to ``window``.
-      padding: as for :func:`convjax.conv` (``"VALID"`` by default). Padded cells never
-        win the max (they hold the dtype's lowest value), so SAME pools the in-bounds cells.
+      padding: as for :func:`convjax.conv` (``"VALID"`` by default); explicit padding
+        must be smaller than the window on each side, so that every window holds at least
+        one real cell. Padded cells never win the max (they hold the dtype's lowest
+        value), so SAME pools the in-bounds cells.
 
     Returns:
       ``[N, H', W', C]`` with ``H' = floor((H + lo + hi - KH) / s) + 1``.
@@ -79,9 +90,9 @@ def max_pool(x: Any, window: Any, stride: Any = None, padding: Any = "VALID") ->
     x, _, window, stride, pad = _pool_args("max_pool", x, window, stride, padding,
                                            floating_only=False)
     if jnp.issubdtype(x.dtype, jnp.floating):
-        init = jnp.array(-jnp.inf, x.dtype)
+        init = np.array(-np.inf, x.dtype)
     else:
-        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+        init = np.array(np.iinfo(x.dtype).min, x.dtype)
     return _reduce(x, init, lax.max, window, stride, pad)
 
 
@@ -111,7 +122,7 @@ def avg_pool(x: Any, window: Any, stride: Any = None, padding: Any = "VALID", *,
     x, _, window, stride, pad = _pool_args(op, x, window, stride, padding,
                                            floating_only=True)
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    sums = _reduce(x.astype(acc), jnp.array(0, acc), lax.add, window, stride, pad)
+    sums = _reduce(x.astype(acc), np.array(0, acc), lax.add, window, stride, pad)
     padded = any(lo or hi for lo, hi in pad.pairs)
     if count_include_pad or pad.circular or not padded:
         return (sums / np.prod(window)).astype(x.dtype)
