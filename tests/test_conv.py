@@ -154,18 +154,19 @@ def test_jit_grad_vmap(rng):
     np.testing.assert_allclose(np.asarray(g), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backward,modes", [("canonical", ["rev"]), ("lax", ["fwd", "rev"])])
 @pytest.mark.parametrize("padding,stride,dilation,groups", [
     ("SAME", 1, 1, 1), ("VALID", 2, 1, 2), ("CIRCULAR", 1, 2, 1), ([(1, 0), (2, 1)], 2, 1, 1)])
-def test_check_grads_second_order(rng, padding, stride, dilation, groups):
+def test_check_grads_second_order(rng, padding, stride, dilation, groups, backward, modes):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 2, 2 // groups, 2)), jnp.float32)
     b = jnp.asarray(rng.normal(size=(2,)), jnp.float32)
 
     def f(x, k, b):
         return convjax.conv(x, k, b, stride=stride, padding=padding, dilation=dilation,
-                            groups=groups)
+                            groups=groups, backward=backward)
 
-    check_grads(f, (x, k, b), order=2, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
+    check_grads(f, (x, k, b), order=2, modes=modes, atol=5e-2, rtol=5e-2)
 
 
 def test_grad_in_half_precision_keeps_dtypes(rng):

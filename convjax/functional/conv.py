@@ -21,6 +21,7 @@ from jax import lax
 
 from convjax import layout as L
 from convjax.functional._common import accum_dtype, effective, finish
+from convjax.functional.conv_grad import conv_general, input_grad
 from convjax.functional.dense import linear
 
 __all__ = ["conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv"]
@@ -34,7 +35,7 @@ def _check_groups(groups: Any, op: str) -> int:
 
 
 def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any = "SAME",
-         dilation: Any = 1, groups: int = 1) -> jax.Array:
+         dilation: Any = 1, groups: int = 1, backward: str = "canonical") -> jax.Array:
     """N-d convolution (cross-correlation, as in every deep learning library).
 
     Args:
@@ -49,6 +50,14 @@ def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any
         or one ``(low, high)`` pair per spatial dim.
       dilation: int or one per spatial dim (kernel dilation, "atrous").
       groups: feature groups; ``C`` and ``O`` must be divisible by it.
+      backward: how reverse mode differentiates it. ``"canonical"`` (default): a
+        hand-written VJP made of canonical NHWC/HWIO convs (input gradient = correlation
+        of the output gradient with the rotated kernel, kernel gradient = correlation of
+        the input with the output gradient; see :mod:`convjax.functional.conv_grad`),
+        which keeps XLA:CPU on its fast path inside ``lax.scan``. It is a
+        ``jax.custom_vjp``, so forward mode (``jax.jvp``, ``jax.jacfwd``,
+        ``jax.hessian``) is not available on it: pass ``backward="lax"`` (JAX's own
+        autodiff of ``lax.conv_general_dilated``) for those.
 
     Returns:
       ``[N, H', W', O]`` (same rank as ``x``, dtype of ``x``), with per spatial dim
@@ -84,8 +93,17 @@ def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any
             msg += L.channels_first_hint(lay)
         raise ValueError(msg)
     stride, dilation, pad = _window_args(op, x, window, stride, padding, dilation)
+    backward = _check_backward(op, backward)
     bias = L.check_bias(bias, o, op, x.dtype)
-    return _conv(x, kernel.astype(x.dtype), bias, stride, pad, dilation, groups)
+    return _conv(x, kernel.astype(x.dtype), bias, stride, pad, dilation, groups, backward)
+
+
+def _check_backward(op: str, backward: Any) -> str:
+    if backward not in ("canonical", "lax"):
+        raise ValueError(f"{op}: backward must be 'canonical' (hand-written VJP, fast in "
+                         f"lax.scan on CPU; reverse mode only) or 'lax' (JAX autodiff; "
+                         f"forward mode too), got {backward!r}")
+    return backward
 
 
 def _conv_operands(op, x, kernel, kernel_name="kernel"):
@@ -110,16 +128,23 @@ def _window_args(op, x, window, stride, padding, dilation):
     return stride, dilation, pad
 
 
-def _conv(x, kernel, bias, stride, pad: L.Padding, dilation, groups):
-    """The validated conv: one ``lax.conv_general_dilated`` (after wrap-around padding)."""
+def _conv(x, kernel, bias, stride, pad: L.Padding, dilation, groups, backward="canonical"):
+    """The validated conv: one ``lax.conv_general_dilated`` (after wrap-around padding).
+
+    With ``backward="canonical"`` it is :func:`conv_grad.conv_general`, whose VJP is
+    hand-written; CIRCULAR padding is a gather before it, differentiated by JAX.
+    """
     pairs = pad.pairs
     if pad.circular:
         x = L.circular_pad(x, pairs)
         pairs = ((0, 0),) * len(pairs)
-    y = lax.conv_general_dilated(
-        x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
-        dimension_numbers=L.dimension_numbers(kernel.ndim - 2),
-        feature_group_count=groups, preferred_element_type=accum_dtype(x.dtype))
+    if backward == "canonical":
+        y = conv_general(x, kernel, tuple(stride), tuple(pairs), tuple(dilation), groups)
+    else:
+        y = lax.conv_general_dilated(
+            x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
+            dimension_numbers=L.dimension_numbers(kernel.ndim - 2),
+            feature_group_count=groups, preferred_element_type=accum_dtype(x.dtype))
     return finish(y, bias, x.dtype)
 
 
@@ -217,8 +242,8 @@ def _depthwise_args(op, x, kernel, stride, padding, dilation, kernel_name="kerne
 
 
 def depthwise_conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
-                   padding: Any = "SAME", dilation: Any = 1,
-                   method: str = "auto") -> jax.Array:
+                   padding: Any = "SAME", dilation: Any = 1, method: str = "auto",
+                   backward: str = "canonical") -> jax.Array:
     """Depthwise conv: each input channel convolved with its own ``M`` filters.
 
     Equal to :func:`conv` with ``groups=C``: output channel ``c * M + m`` is input
@@ -247,6 +272,8 @@ def depthwise_conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
       bias: ``[C*M]`` or None.
       stride, padding, dilation: as for :func:`conv`.
       method: ``"auto"``, ``"grouped"`` or ``"taps"`` (see above).
+      backward: for ``method="grouped"``, as for :func:`conv` (``taps`` is plain JAX
+        autodiff, forward mode included).
 
     Returns:
       ``[N, H', W', C*M]`` with ``H'`` as for :func:`conv`.
@@ -256,10 +283,11 @@ def depthwise_conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
     """
     op = "depthwise_conv"
     method = _depthwise_method(op, method)
+    backward = _check_backward(op, backward)
     x, kernel, stride, dilation, pad, _ = _depthwise_args(op, x, kernel, stride, padding,
                                                           dilation)
     bias = L.check_bias(bias, kernel.shape[-1], op, x.dtype)
-    return _depthwise(x, kernel, bias, stride, pad, dilation, method)
+    return _depthwise(x, kernel, bias, stride, pad, dilation, method, backward)
 
 
 def _depthwise_method(op: str, method: Any) -> str:
@@ -270,10 +298,10 @@ def _depthwise_method(op: str, method: Any) -> str:
     return method
 
 
-def _depthwise(x, kernel, bias, stride, pad: L.Padding, dilation, method):
+def _depthwise(x, kernel, bias, stride, pad: L.Padding, dilation, method, backward):
     """The validated depthwise conv, by a grouped conv or by a sum over kernel taps."""
     if method == "grouped":
-        return _conv(x, kernel, bias, stride, pad, dilation, x.shape[-1])
+        return _conv(x, kernel, bias, stride, pad, dilation, x.shape[-1], backward)
     rank = kernel.ndim - 2
     window, cm = kernel.shape[:rank], kernel.shape[-1]
     acc = jnp.promote_types(x.dtype, jnp.float32)
@@ -300,7 +328,7 @@ def _depthwise(x, kernel, bias, stride, pad: L.Padding, dilation, method):
 
 def separable_conv(x: Any, depthwise_kernel: Any, pointwise_kernel: Any, bias: Any = None, *,
                    stride: Any = 1, padding: Any = "SAME", dilation: Any = 1,
-                   method: str = "auto") -> jax.Array:
+                   method: str = "auto", backward: str = "canonical") -> jax.Array:
     """Depthwise-separable conv: :func:`depthwise_conv`, then :func:`pointwise`.
 
     The spatial filtering (one small filter per channel) and the channel mixing (a 1x1
@@ -314,7 +342,8 @@ def separable_conv(x: Any, depthwise_kernel: Any, pointwise_kernel: Any, bias: A
       pointwise_kernel: ``[C*M, O]`` or ``[1, ..., 1, C*M, O]``.
       bias: ``[O]`` or None.
       stride, padding, dilation: of the depthwise part (as for :func:`conv`).
-      method: how the depthwise part is computed (see :func:`depthwise_conv`).
+      method, backward: how the depthwise part is computed and differentiated (see
+        :func:`depthwise_conv`).
 
     Returns:
       ``[N, H', W', O]``.
@@ -324,6 +353,7 @@ def separable_conv(x: Any, depthwise_kernel: Any, pointwise_kernel: Any, bias: A
     """
     op = "separable_conv"
     method = _depthwise_method(op, method)
+    backward = _check_backward(op, backward)
     x, dk, stride, dilation, pad, lay = _depthwise_args(
         op, x, depthwise_kernel, stride, padding, dilation, "depthwise_kernel")
     pointwise_kernel = L.as_array(pointwise_kernel, "pointwise_kernel", op)
@@ -335,7 +365,7 @@ def separable_conv(x: Any, depthwise_kernel: Any, pointwise_kernel: Any, bias: A
                          f"C*M={cm} (x has C={x.shape[-1]}, depthwise_kernel "
                          f"{tuple(dk.shape)})")
     bias = L.check_bias(bias, o, op, x.dtype)
-    h = _depthwise(x, dk, None, stride, pad, dilation, method)
+    h = _depthwise(x, dk, None, stride, pad, dilation, method, backward)
     return linear(h, pointwise_kernel.reshape(i, o), bias)
 
 
@@ -468,21 +498,14 @@ def _sizes_giving(padding, m: int, k: int, s: int, op: str) -> list[int]:
 
 
 def _conv_transpose(y, kernel, bias, stride, pad: L.Padding, dilation, spatial):
-    """The validated adjoint: one canonical conv with the rotated, I/O-swapped kernel."""
+    """The validated adjoint: :func:`conv_grad.input_grad`, one canonical conv."""
     rank = kernel.ndim - 2
-    eff = effective(kernel.shape[:rank], dilation)
     if pad.circular:  # the forward conv is VALID on the wrap-padded input
         conv_pairs = ((0, 0),) * rank
         sizes = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pad.pairs))
     else:
         conv_pairs, sizes = pad.pairs, spatial
-    adj = tuple((k - 1 - lo, k - 1 - hi + (n + lo + hi - k) % s)
-                for n, k, s, (lo, hi) in zip(sizes, eff, stride, conv_pairs))
-    rotated = jnp.swapaxes(jnp.flip(kernel, axis=tuple(range(rank))), -1, -2)
-    z = lax.conv_general_dilated(
-        y, rotated, window_strides=(1,) * rank, padding=adj, lhs_dilation=stride,
-        rhs_dilation=dilation, dimension_numbers=L.dimension_numbers(rank),
-        preferred_element_type=accum_dtype(y.dtype))
+    z = input_grad(y, kernel, sizes, stride, conv_pairs, dilation)
     if pad.circular:
         x_shape = (z.shape[0], *spatial, z.shape[-1])
         (z,) = jax.linear_transpose(lambda a: L.circular_pad(a, pad.pairs),
