@@ -1,12 +1,13 @@
-r"""Demo: a small conv stack on an MNIST-shaped batch, with every shape spelled out.
+r"""Demo: a small conv stack on a batch of MNIST, with every shape spelled out.
 
-    python -m experiments.demo --batch=8 --filters=32 --reduce=8
+    python -m experiments.demo --data_dir=../shared/data/mnist --batch=8 --filters=32
 
 Builds random HWIO kernels, runs ``conv -> max_pool -> pointwise -> conv_transpose ->
 global_avg_pool`` under one ``jax.jit`` on a batch of ``[N, 28, 28, 1]`` images, and
 prints for each op its input, kernel and output shapes in layout terms, how many filters
-and 2D kernel slices it holds, and its weights. The batch is random pixels (the data
-layer comes later); the shapes are those of MNIST.
+and 2D kernel slices it holds, and its weights. The batch is the first ``--batch`` MNIST
+test images (``convjax.data``: ``--data_dir``, else ``CONVJAX_DATA_DIR``, else TFDS), or
+random pixels of the same shape with ``--random_batch``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ flags.DEFINE_integer("batch", 8, "Images in the batch (N).")
 flags.DEFINE_integer("filters", 32, "Filters of the 3x3 conv (K).")
 flags.DEFINE_integer("kernel_size", 3, "Window of the first conv (KH = KW).")
 flags.DEFINE_integer("reduce", 8, "Output channels of the 1x1 (pointwise) conv.")
-flags.DEFINE_integer("seed", 0, "PRNG seed for the kernels and the batch.")
+flags.DEFINE_integer("seed", 0, "PRNG seed for the kernels (and a random batch).")
+flags.DEFINE_string("data_dir", None, "Directory of MNIST IDX files (see convjax.data).")
+flags.DEFINE_bool("random_batch", False, "Use random pixels instead of MNIST.")
 
 
 def build(key, filters: int, kernel_size: int, reduce: int):
@@ -52,7 +55,13 @@ def main(argv):
     del argv
     key_params, key_x = jax.random.split(jax.random.key(FLAGS.seed))
     params = build(key_params, FLAGS.filters, FLAGS.kernel_size, FLAGS.reduce)
-    x = jax.random.uniform(key_x, (FLAGS.batch, 28, 28, 1))
+    if FLAGS.random_batch:
+        x, what = jax.random.uniform(key_x, (FLAGS.batch, 28, 28, 1)), "random pixels"
+    else:
+        test, info = convjax.data.load("mnist", "test", data_dir=FLAGS.data_dir,
+                                       dtype="float32", return_info=True)
+        x = test.images[:FLAGS.batch]
+        what = f"MNIST test images from {info['source']} {info['path']}"
     fwd = jax.jit(forward)
     t0 = time.perf_counter()
     outs = jax.block_until_ready(fwd(params, x))
@@ -82,8 +91,8 @@ def main(argv):
     header = ("op", "layout", "input", "kernel", "output", "what it holds")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join("{:<%d}" % w for w in widths)
-    print(f"convjax {convjax.__version__} on {jax.devices()[0].platform}: a conv stack on an "
-          f"MNIST-shaped batch [N, H, W, C] = {tuple(x.shape)}")
+    print(f"convjax {convjax.__version__} on {jax.devices()[0].platform}: a conv stack on a "
+          f"batch [N, H, W, C] = {tuple(x.shape)} of {what}")
     print(fmt.format(*header))
     print(fmt.format(*("-" * w for w in widths)))
     for r in rows:
