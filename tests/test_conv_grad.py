@@ -177,3 +177,32 @@ def test_no_unoptimized_convolution_fallback_in_scan(tmp_path):
     if logs["lax"] == 0:
         pytest.skip("this XLA build does not log the fallback; nothing to compare")
     assert logs["canonical"] == 0, logs
+
+
+@pytest.mark.parametrize("c,o,padding,stride", [
+    (1, 4, [(1, 2), (2, 0)], 1), (3, 4, [(4, 0), (0, 5)], 2), (1, 2, [(3, 3), (0, 4)], 3)])
+def test_padding_wider_than_the_kernel_matches_numpy(rng, c, o, padding, stride):
+    # The adjoint then needs negative padding (a crop). XLA:CPU computes a conv with
+    # negative padding wrongly when it has one output feature (jax 0.10.2; JAX's stock
+    # autodiff of such a conv with C=1 is off by O(1) here), so conv_grad crops with
+    # lax.pad instead. Checked against the NumPy scatter loop, not against stock.
+    from tests import numpy_reference as ref
+
+    x = rng.normal(size=(2, 7, 6, c)).astype(np.float32)
+    k = rng.normal(size=(2, 3, c, o)).astype(np.float32)
+    y = ref.conv(x, k, stride=[stride] * 2, padding=padding, dilation=[1, 1])
+    g = rng.normal(size=y.shape).astype(np.float32)
+    want_x = ref.conv_transpose(g, k, stride=[stride] * 2, padding=padding,
+                                dilation=[1, 1], in_spatial=(7, 6))
+    gx = jax.grad(lambda a: jnp.sum(convjax.conv(a, k, stride=stride, padding=padding) * g))(x)
+    np.testing.assert_allclose(np.asarray(gx), want_x, rtol=1e-4, atol=1e-4)
+    ct = convjax.conv_transpose(g, k, stride=stride, padding=padding, output_shape=(7, 6))
+    np.testing.assert_allclose(np.asarray(ct), want_x, rtol=1e-4, atol=1e-4)
+    # Kernel gradient: sum over batch and positions of input window times dy.
+    gk = jax.grad(lambda w: jnp.sum(convjax.conv(x, w, stride=stride, padding=padding) * g))(k)
+    eps = 1e-3
+    e = np.zeros_like(k)
+    e[1, 2, 0, o - 1] = eps
+    fd = (ref.conv(x, k + e, stride=[stride] * 2, padding=padding, dilation=[1, 1])
+          - ref.conv(x, k - e, stride=[stride] * 2, padding=padding, dilation=[1, 1]))
+    assert abs(float(np.sum(fd * g)) / (2 * eps) - float(gk[1, 2, 0, o - 1])) < 1e-2

@@ -49,6 +49,31 @@ from convjax.functional._common import accum_dtype, effective
 __all__ = ["conv_general", "input_grad", "kernel_grad"]
 
 
+def _conv(lhs, rhs, *, window_strides, pads, lhs_dilation=None, rhs_dilation=None,
+          groups=1, batch_groups=1):
+    """A canonical conv whose padding may be negative (a crop), done safely.
+
+    XLA:CPU computes wrong values for a conv with *negative* padding and more than one
+    input feature (seen with jax 0.10.2: ``lax.conv_general_dilated(x, w, (1, 1),
+    [(0, 0), (-1, 1)])`` differs from cropping ``x`` first whenever ``C > 1``; JAX's own
+    autodiff of a conv whose padding exceeds ``K - 1`` emits such convs). Negative
+    padding (and the stride dilation, in the same op) therefore goes through ``lax.pad``,
+    and the conv itself gets none.
+    """
+    rank = lhs.ndim - 2
+    lhs_dilation = tuple(lhs_dilation or (1,) * rank)
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        config = [(0, 0, 0), *((lo, hi, d - 1) for (lo, hi), d in zip(pads, lhs_dilation)),
+                  (0, 0, 0)]
+        lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
+        pads, lhs_dilation = ((0, 0),) * rank, (1,) * rank
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides=window_strides, padding=pads, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=L.dimension_numbers(rank),
+        feature_group_count=groups, batch_group_count=batch_groups,
+        preferred_element_type=accum_dtype(lhs.dtype))
+
+
 def _lax_conv(x, kernel, stride, pairs, dilation, groups):
     return lax.conv_general_dilated(
         x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
@@ -79,10 +104,8 @@ def input_grad(dy, kernel, spatial, stride, pairs, dilation, groups=1):
     rotated = rotated.reshape(*window, i, groups, o // groups)        # [*K, I, G, O/G]
     rotated = jnp.moveaxis(rotated, (-3, -2, -1), (-1, -2, -3))        # [*K, O/G, G, I]
     rotated = rotated.reshape(*window, o // groups, groups * i)
-    return lax.conv_general_dilated(
-        dy, rotated, window_strides=(1,) * rank, padding=pads, lhs_dilation=stride,
-        rhs_dilation=dilation, dimension_numbers=L.dimension_numbers(rank),
-        feature_group_count=groups, preferred_element_type=accum_dtype(dy.dtype))
+    return _conv(dy, rotated, window_strides=(1,) * rank, pads=pads, lhs_dilation=stride,
+                 rhs_dilation=dilation, groups=groups)
 
 
 def kernel_grad(x, dy, window, stride, pairs, dilation, groups=1, split_groups=True):
@@ -108,10 +131,8 @@ def kernel_grad(x, dy, window, stride, pairs, dilation, groups=1, split_groups=T
                  for n, k, s, d, mi, (lo, _) in zip(x.shape[1:-1], window, stride, dilation,
                                                     m, pairs))
     def corr(lhs, rhs, batch_groups):
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides=dilation, padding=pads, rhs_dilation=stride,
-            dimension_numbers=L.dimension_numbers(rank), batch_group_count=batch_groups,
-            preferred_element_type=accum_dtype(x.dtype))
+        return _conv(lhs, rhs, window_strides=dilation, pads=pads, rhs_dilation=stride,
+                     batch_groups=batch_groups)
 
     c, o = x.shape[-1], dy.shape[-1]
     if groups == 1 or groups == c or not split_groups:
