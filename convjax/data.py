@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import socket
 import struct
+import threading
 import urllib.parse
 import zlib
 from pathlib import Path
@@ -62,7 +64,8 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", ("mnist",),
-                         where="http://yann.lecun.com/exdb/mnist/ (or TFDS's mirror)"),
+                         where="https://storage.googleapis.com/cvdf-datasets/mnist/ (the "
+                               "mirror TFDS uses)"),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", ("fashion_mnist", "fashion-mnist", "fashionmnist"),
         where="https://github.com/zalandoresearch/fashion-mnist, or Debian's package "
@@ -115,14 +118,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     zero, code, ndim = raw[:2], raw[2], raw[3]
     magic = struct.unpack(">I", raw[:4])[0]
     if zero != b"\x00\x00" or code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        hint = ("; the file is gzip-compressed: name it *.gz" if raw[:2] == b"\x1f\x8b"
+                else "")
         raise ValueError(f"{path}: bad IDX magic number {magic} (0x{magic:08x}); expected "
-                         f"2051 (0x00000803) for images or 2049 (0x00000801) for labels")
+                         f"2051 (0x00000803) for images or 2049 (0x00000801) for "
+                         f"labels{hint}")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise ValueError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(raw) - header != expected:
         raise ValueError(f"{path}: header declares dims {list(dims)} ({expected} bytes of "
                          f"data) but the file has {len(raw) - header} bytes after the "
@@ -165,7 +171,9 @@ def find_dataset_dir(root: str | os.PathLike, name: str, *, origin: str = "data_
     messages.
     """
     spec = _spec(name)
-    root = Path(root).expanduser()
+    if str(root) == "":
+        raise ValueError(f"data: {origin} is an empty string; give a directory")
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"data: {origin} {str(root)!r} is not a directory; "
                                 f"{_how_to_provide(spec)}")
@@ -198,6 +206,8 @@ def _read_split_dir(directory: Path, spec: DatasetSpec, split: str, origin: str
             f"{', '.join(m + '[.gz]' for m in missing)}; {_how_to_provide(spec)}")
     images = read_idx(paths[image_base])
     labels = read_idx(paths[label_base])
+    if len(labels) == 0:
+        raise ValueError(f"{paths[label_base]}: holds no examples")
     h, w = spec.image_shape
     if images.ndim != 3 or images.shape[1:] != (h, w) or images.dtype != np.uint8:
         raise ValueError(f"{paths[image_base]}: expected uint8 images [N, {h}, {w}] (magic "
@@ -249,23 +259,40 @@ def _tfds_prepared(name: str, split: str, tfds_data_dir: str | None):
     return images, labels
 
 
-def _tfds_with_tensorflow(name: str, split: str):
+def _tfds_with_tensorflow(name: str, split: str, tfds_data_dir: str | None):
+    """Read data TFDS prepared with TensorFlow (tfrecord; Colab); never downloads."""
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(name, split=split, batch_size=-1, as_supervised=True)
+    try:
+        ds = tfds.load(name, split=split, data_dir=tfds_data_dir, batch_size=-1,
+                       as_supervised=True, download=False)
+    except Exception:  # noqa: BLE001 - not prepared
+        return None
     images, labels = tfds.as_numpy(ds)
     return np.asarray(images, np.uint8), np.asarray(labels, np.int64)
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """A short TCP connect to ``url``'s host: is a download worth trying?"""
+    """A short TCP connect to ``url``'s host: is a download worth trying?
+
+    Runs in a daemon thread joined with ``timeout``, so a slow name lookup (which the
+    socket timeout does not bound) cannot stall the caller either.
+    """
     parsed = urllib.parse.urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result = []
+
+    def probe():
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
 
 
 def _have_tensorflow() -> bool:
@@ -316,10 +343,13 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_data_dir: str | None):
                                 "order": "idx", "path": str(cache)}
     tried.append(f"no downloaded IDX files in the cache {str(cache)!r}")
     if _have_tensorflow():
-        images, labels = _tfds_with_tensorflow(spec.name, split)
-        return images, labels, {"source": "tfds", "format": "tfds.load", "order": "tfds",
-                                "path": tfds_data_dir or "TFDS default"}
-    tried.append("TensorFlow is not installed (tfds.load needs it)")
+        loaded = _tfds_with_tensorflow(spec.name, split, tfds_data_dir)
+        if loaded is not None:
+            return (*loaded, {"source": "tfds", "format": "tfds.load", "order": "tfds",
+                              "path": tfds_data_dir or "TFDS default"})
+        tried.append("no tfrecord data prepared for tfds.load")
+    else:
+        tried.append("TensorFlow is not installed (tfds.load needs it)")
     import tensorflow_datasets as tfds
 
     url_infos = tfds.builder(spec.name).url_infos
@@ -331,8 +361,9 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_data_dir: str | None):
                                 "path": str(cache)}
     tried.append(f"{urllib.parse.urlparse(first_url).hostname} is not reachable (no "
                  f"network)")
-    raise FileNotFoundError(f"data: source TFDS found no {spec.name}: {'; '.join(tried)}; "
-                            f"{_how_to_provide(spec)}")
+    raise FileNotFoundError(f"data: source TFDS found no {spec.name} (TFDS data dir: "
+                            f"{tfds_data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
+                            f"): {'; '.join(tried)}; {_how_to_provide(spec)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -356,13 +387,19 @@ def validation_indices(labels: np.ndarray, size: int | float, seed: int
     examples are a seeded random choice. Both index arrays are sorted (file order kept).
     """
     n = len(labels)
-    if isinstance(size, float) and not isinstance(size, bool):
+    if isinstance(size, (bool, np.bool_)):
+        raise TypeError(f"data: validation_size must be a count (int) or a fraction (float "
+                        f"in (0, 1)), got {size!r}")
+    if isinstance(size, (float, np.floating)):
         if not 0.0 < size < 1.0:
-            raise ValueError(f"data: validation_size as a fraction must be in (0, 1), got "
-                             f"{size}")
-        count = int(round(size * n))
-    else:
+            raise ValueError(f"data: validation_size as a fraction (a float) must be in "
+                             f"(0, 1), got {size}; pass an int for a count")
+        count = int(round(float(size) * n))
+    elif isinstance(size, (int, np.integer)):
         count = int(size)
+    else:
+        raise TypeError(f"data: validation_size must be a count (int) or a fraction (float "
+                        f"in (0, 1)), got {size!r}")
     if not 0 < count < n:
         raise ValueError(f"data: validation_size must leave both splits non-empty: got "
                          f"{size} for {n} training examples")
@@ -419,6 +456,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.uint8), np.dtype(np.float32)):
         raise ValueError(f"data: dtype must be uint8 or float32, got {dtype}")
+    if source == "tfds" and data_dir is not None:
+        raise ValueError("data: data_dir= and source='tfds' conflict: a data_dir is final "
+                         "(read only from it); drop one of them")
     file_split = "test" if split == "test" else "train"
     env_dir = os.environ.get(ENV_DATA_DIR)
     if source in ("auto", "idx") and (data_dir is not None or env_dir):
@@ -426,7 +466,8 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
         root = data_dir if data_dir is not None else env_dir
         directory = find_dataset_dir(root, spec.name, origin=origin)
         images, labels = _read_split_dir(directory, spec, file_split, origin)
-        info = {"source": origin, "format": "idx", "order": "idx", "path": str(directory)}
+        info = {"source": origin, "format": "idx", "order": "idx", "path": str(directory),
+                "files": [str(_find_file(directory, b)) for b in FILES[file_split]]}
     elif source == "idx":
         raise FileNotFoundError(f"data: source='idx' needs data_dir= or {ENV_DATA_DIR}; "
                                 f"{_how_to_provide(spec)}")

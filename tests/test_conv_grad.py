@@ -133,8 +133,12 @@ def test_backward_is_made_of_canonical_convs_only():
 def test_forward_mode_needs_backward_lax(rng):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
-    with pytest.raises(TypeError, match="forward-mode"):
+    # Forward mode on the primal conv is what a custom_vjp cannot do (JAX's own error).
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff \\(jvp\\) to a "
+                                        "custom_vjp function"):
         jax.jvp(lambda x: convjax.conv(x, k), (x,), (x,))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jacfwd(lambda x: convjax.conv(x, k))(x)
     # backward="lax" supports jvp, jacfwd and hessian; they agree with reverse mode.
     y, t = jax.jvp(lambda x: convjax.conv(x, k, backward="lax"), (x,), (x,))
     np.testing.assert_allclose(np.asarray(t), np.asarray(y), rtol=1e-5, atol=1e-5)  # linear
@@ -143,6 +147,11 @@ def test_forward_mode_needs_backward_lax(rng):
                                rtol=1e-5, atol=1e-5)
     h = jax.hessian(f)(k)
     assert h.shape == k.shape * 2
+    # jax.hessian is forward-over-reverse: the reverse pass is the canonical VJP, made of
+    # plain convs that forward mode can differentiate, so it works on the default too.
+    g0 = lambda k: jnp.sum(jnp.sin(convjax.conv(x, k)))  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.hessian(g0)(k)), np.asarray(h), rtol=1e-4,
+                               atol=1e-4)
     g = lambda k: jnp.sum(jnp.sin(convjax.conv(x, k)))  # noqa: E731
     h_rev = jax.jacrev(jax.grad(g))(k)  # reverse-over-reverse with the canonical VJP
     np.testing.assert_allclose(np.asarray(h_rev), np.asarray(h), rtol=1e-4, atol=1e-4)
@@ -183,9 +192,10 @@ def test_no_unoptimized_convolution_fallback_in_scan(tmp_path):
     (1, 4, [(1, 2), (2, 0)], 1), (3, 4, [(4, 0), (0, 5)], 2), (1, 2, [(3, 3), (0, 4)], 3)])
 def test_padding_wider_than_the_kernel_matches_numpy(rng, c, o, padding, stride):
     # The adjoint then needs negative padding (a crop). XLA:CPU computes a conv with
-    # negative padding wrongly when it has one output feature (jax 0.10.2; JAX's stock
-    # autodiff of such a conv with C=1 is off by O(1) here), so conv_grad crops with
-    # lax.pad instead. Checked against the NumPy scatter loop, not against stock.
+    # negative padding wrongly when it has two or more input features (jax 0.10.2; the
+    # input-gradient conv has O of them, and JAX's stock autodiff of the first case is
+    # off by O(1) here), so conv_grad crops with lax.pad instead. Checked against the
+    # NumPy scatter loop, not against stock.
     from tests import numpy_reference as ref
 
     x = rng.normal(size=(2, 7, 6, c)).astype(np.float32)

@@ -87,10 +87,13 @@ def test_parent_directory_with_one_sub_directory_per_dataset(tmp_path, no_tfds):
     assert len(data.load("kmnist", "train", data_dir=tmp_path).labels) == 50
 
 
-def test_a_folder_named_for_another_dataset_is_refused(tmp_path, no_tfds):
+def test_a_folder_named_for_another_dataset_is_refused(tmp_path, no_tfds, monkeypatch):
     d = make_dataset(tmp_path / "fashion-mnist")
     with pytest.raises(ValueError, match="is named for fashion_mnist, not mnist: refusing"):
         data.load("mnist", "train", data_dir=d)
+    monkeypatch.chdir(d)  # "." resolves to the folder's real name
+    with pytest.raises(ValueError, match="is named for fashion_mnist, not mnist: refusing"):
+        data.load("mnist", "train", data_dir=".")
     assert len(data.load("fashion_mnist", "train", data_dir=d).labels) == 30
     # Any other name is read as the dataset asked for.
     assert len(data.load("kmnist", "train", data_dir=make_dataset(tmp_path / "my_data"))
@@ -121,6 +124,8 @@ def test_missing_files_name_source_directory_files_and_remedy(tmp_path, no_tfds)
     ("label_range", "label 12 at index 3 is out of range 0..9 for mnist"),
     ("count_mismatch", "holds 30 images but train-labels-idx1-ubyte.gz holds 29 labels"),
     ("labels_as_images", "expected uint8 images \\[N, 28, 28\\] \\(magic 2051\\)"),
+    ("gzip_without_gz_name", "the file is gzip-compressed: name it \\*.gz"),
+    ("empty", "holds no examples"),
 ])
 def test_corrupt_files_are_named_with_what_is_wrong(tmp_path, no_tfds, case, pattern):
     d = make_dataset(tmp_path / "m")
@@ -141,6 +146,12 @@ def test_corrupt_files_are_named_with_what_is_wrong(tmp_path, no_tfds, case, pat
         write_idx(labels, np.arange(29) % 10)
     elif case == "labels_as_images":
         write_idx(images, np.arange(30) % 10)
+    elif case == "gzip_without_gz_name":
+        for f in list(d.iterdir()):
+            f.rename(f.with_suffix(""))  # gzip bytes under the raw name
+    elif case == "empty":
+        write_idx(images, np.zeros((0, 28, 28)))
+        write_idx(labels, np.zeros((0,)))
     with pytest.raises(ValueError, match=pattern):
         data.load("mnist", "train", data_dir=d)
 
@@ -158,8 +169,12 @@ def test_precedence_data_dir_then_env_then_tfds(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_DATA_DIR)
     split, info = data.load("mnist", "train", return_info=True)
     assert len(split.labels) == 3 and info["source"] == "tfds" and calls == ["mnist"]
-    # source="tfds" skips the directories; source="idx" needs one.
-    assert len(data.load("mnist", "train", data_dir=a, source="tfds").labels) == 3
+    # source="tfds" skips the environment's directory; with an explicit one it conflicts.
+    monkeypatch.setenv(data.ENV_DATA_DIR, str(b))
+    assert len(data.load("mnist", "train", source="tfds").labels) == 3
+    with pytest.raises(ValueError, match="data_dir= and source='tfds' conflict"):
+        data.load("mnist", "train", data_dir=a, source="tfds")
+    monkeypatch.delenv(data.ENV_DATA_DIR)
     with pytest.raises(FileNotFoundError, match="source='idx' needs data_dir= or "
                                                 "CONVJAX_DATA_DIR"):
         data.load("mnist", "train", source="idx")
@@ -199,6 +214,11 @@ def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path, no_tfds):
         data.load("mnist", "validation", data_dir=d)
     with pytest.raises(ValueError, match="must leave both splits non-empty"):
         data.load("mnist", "train", data_dir=d, validation_size=200)
+    assert len(data.validation_indices(np.arange(200) % 10, np.float32(0.1), 0)[1]) == 20
+    with pytest.raises(ValueError, match="as a fraction \\(a float\\) must be in \\(0, 1\\)"):
+        data.validation_indices(np.arange(200) % 10, 50.0, 0)
+    with pytest.raises(TypeError, match="must be a count \\(int\\) or a fraction"):
+        data.validation_indices(np.arange(200) % 10, True, 0)
 
 
 def test_bad_arguments():
@@ -231,6 +251,8 @@ def test_tfds_mock_data_through_load(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
     monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))  # no cached files
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: False)  # no network
     with tfds.testing.mock_data(num_examples=7):
         split, info = data.load("mnist", "test", return_info=True)
     assert split.images.shape == (7, 28, 28, 1) and info["source"] == "tfds"
@@ -284,6 +306,60 @@ def test_tfds_download_manager_fetches_verifies_and_caches(tmp_path, local_serve
     assert len(split.labels) == 15 and info["source"] == "tfds-download-cache"
 
 
+def test_load_downloads_through_tfds_when_reachable(tmp_path, local_server, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    www, base = local_server
+    make_dataset(www, n_train=12, n_test=4)
+    infos = _url_infos(www, base)
+
+    class FakeBuilder:
+        url_infos = infos
+
+    monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_tfds_prepared", lambda *a: None)
+    monkeypatch.setattr(data, "_have_tensorflow", lambda: False)
+    monkeypatch.setattr(tfds, "builder", lambda name, **kw: FakeBuilder())
+    split, info = data.load("mnist", "test", return_info=True)
+    assert len(split.labels) == 4 and info["source"] == "tfds-download"
+    # The second run reads the cache, with the server gone.
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: False)
+    split, info = data.load("mnist", "train", return_info=True)
+    assert len(split.labels) == 12 and info["source"] == "tfds-download-cache"
+
+
+def test_tensorflow_branch_never_downloads(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    calls = []
+    monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_tfds_prepared", lambda *a: None)
+    monkeypatch.setattr(data, "_have_tensorflow", lambda: True)
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: False)
+
+    def fake_load(*args, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("not prepared")
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    with pytest.raises(FileNotFoundError, match="no tfrecord data prepared for tfds.load"):
+        data.load("mnist", "train")
+    assert calls and calls[0]["download"] is False
+
+
+def test_reachability_probe_is_bounded_in_time(monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda *a, **k: time.sleep(5))  # a resolver that hangs
+    t0 = time.perf_counter()
+    assert data._reachable("http://example.invalid/x", timeout=0.2) is False
+    assert time.perf_counter() - t0 < 2.0
+
+
 def test_tfds_download_rejects_a_wrong_checksum(tmp_path, local_server):
     from tensorflow_datasets.core.download import checksums
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
@@ -323,7 +399,8 @@ def test_real_mnist_figures():
     x = np.asarray(train.images, np.float64)
     assert abs(x.mean() - 0.1307) < 5e-5 and abs(x.std() - 0.3081) < 5e-5
     assert np.asarray(train.labels[:6]).tolist() == [5, 0, 4, 1, 9, 2]
-    assert np.bincount(np.asarray(test.labels)).sum() == 10000
+    assert np.bincount(np.asarray(test.labels)).tolist() == [
+        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(),

@@ -55,9 +55,10 @@ def conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1, padding: Any
         of the output gradient with the rotated kernel, kernel gradient = correlation of
         the input with the output gradient; see :mod:`convjax.functional.conv_grad`),
         which keeps XLA:CPU on its fast path inside ``lax.scan``. It is a
-        ``jax.custom_vjp``, so forward mode (``jax.jvp``, ``jax.jacfwd``,
-        ``jax.hessian``) is not available on it: pass ``backward="lax"`` (JAX's own
-        autodiff of ``lax.conv_general_dilated``) for those.
+        ``jax.custom_vjp``: reverse mode and forward-over-reverse (``jax.hessian``)
+        work, but forward mode on the conv itself (``jax.jvp``, ``jax.jacfwd``) raises
+        JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function": pass
+        ``backward="lax"`` (JAX's own autodiff of ``lax.conv_general_dilated``) there.
 
     Returns:
       ``[N, H', W', O]`` (same rank as ``x``, dtype of ``x``), with per spatial dim

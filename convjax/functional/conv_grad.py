@@ -137,7 +137,10 @@ def kernel_grad(x, dy, window, stride, pairs, dilation, groups=1, split_groups=T
     c, o = x.shape[-1], dy.shape[-1]
     if groups == 1 or groups == c or not split_groups:
         # Group g pairs "batch" rows g*I..(g+1)*I of lhs with output channels of group g.
-        # XLA:CPU keeps batch_group_count on its fast path when I = 1 (depthwise).
+        # XLA:CPU keeps this on its fast path inside lax.scan for depthwise convs with
+        # M = 1 (checked with TF_CPP_VMODULE=thunk_emitter=2); with M > 1 it falls back
+        # (still correct; depthwise_conv's default "taps" method avoids the grouped conv
+        # on CPU).
         out = corr(lhs, rhs, groups)
     else:
         # 1 < groups < C: one canonical conv per group (batch_group_count would fall back
@@ -154,8 +157,9 @@ def conv_general(x, kernel, stride, pairs, dilation, groups):
 
     Same value as ``lax.conv_general_dilated`` in convjax's layout (accumulation dtype
     output). Reverse mode (``jax.grad``, ``jax.vjp``) uses :func:`input_grad` and
-    :func:`kernel_grad`; forward mode (``jax.jvp``, ``jax.jacfwd``) is not defined for a
-    ``jax.custom_vjp`` function: use ``convjax.conv(..., backward="lax")`` for it.
+    :func:`kernel_grad`, made of plain convs, so forward-over-reverse (``jax.hessian``)
+    works too; forward mode on this function itself (``jax.jvp``, ``jax.jacfwd``) is not
+    defined for a ``jax.custom_vjp``: use ``convjax.conv(..., backward="lax")`` for it.
     """
     return _lax_conv(x, kernel, stride, pairs, dilation, groups)
 
