@@ -258,9 +258,9 @@ def depthwise_conv(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
     * ``method="taps"``: the sum over the ``prod(window)`` kernel taps of a strided slice
       of the padded input times that tap's ``C*M`` weights, elementwise work that XLA
       fuses. XLA:CPU has no fast grouped conv: measured on a 2-core CPU (batch 128,
-      28x28x32, 3x3) ``taps`` takes 0.03x the time of ``grouped`` forward (2.4 vs 87 ms),
-      0.26x forward+backward (57 vs 221 ms) and 0.02x per step inside ``lax.scan``
-      (48 vs 3002 ms); see ``python -m experiments.benchmark_depthwise``.
+      28x28x32, 3x3) ``taps`` takes 0.02x the time of ``grouped`` forward (1.9 vs 85 ms),
+      0.27x forward+backward (66 vs 249 ms) and 0.20x per step inside ``lax.scan``
+      (49 vs 246 ms); see ``python -m experiments.benchmark_depthwise``.
     * ``method="auto"`` (default): ``taps`` when the default backend is CPU, else
       ``grouped``.
 
