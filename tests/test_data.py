@@ -353,8 +353,11 @@ def test_reachability_probe_is_bounded_in_time(monkeypatch):
     import socket
     import time
 
-    monkeypatch.setattr(socket, "create_connection",
-                        lambda *a, **k: time.sleep(5))  # a resolver that hangs
+    def hanging_resolver(*args, **kwargs):
+        time.sleep(3)
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_resolver)
     t0 = time.perf_counter()
     assert data._reachable("http://example.invalid/x", timeout=0.2) is False
     assert time.perf_counter() - t0 < 2.0

@@ -148,3 +148,13 @@ def test_depthwise_and_separable_errors():
     _raises(re.escape("separable_conv: bias must have shape [O]=(8,)"),
             convjax.separable_conv, x, jnp.zeros((3, 3, 1, 3)), jnp.zeros((3, 8)),
             jnp.zeros(3))
+
+
+def test_wrong_kernel_ranks():
+    x = jnp.zeros((2, 8, 8, 3))
+    _raises(re.escape("depthwise_conv: x must be rank 3 (NWC [N, W, C]) for a 1D kernel"),
+            convjax.depthwise_conv, x, jnp.zeros((3, 1, 3)))
+    _raises(re.escape("depthwise_conv: kernel must be rank 3, 4 or 5"),
+            convjax.depthwise_conv, x, jnp.zeros((1, 3)))
+    _raises(re.escape("separable_conv: depthwise_kernel must be rank 3, 4 or 5"),
+            convjax.separable_conv, x, jnp.zeros((3, 3)), jnp.zeros((3, 8)))
