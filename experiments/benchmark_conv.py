@@ -20,15 +20,14 @@ import json
 import os
 import platform
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from jax import lax
 
 import convjax
+from experiments._timing import median_time
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 128, "Batch size N.")
@@ -44,16 +43,6 @@ CASES = {
     "strided_3x3_s2": (28, 28, 32, 64, 3, 2, 1),
     "grouped_g4": (14, 14, 32, 64, 3, 1, 4),
 }
-
-
-def _median_time(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def make_step(backward, stride, groups, target):
@@ -84,8 +73,8 @@ def measure(name, backward, batch, repeats, scan_steps):
         return k - 1e-3 * gk, jnp.sum(gx)
 
     scanned = jax.jit(lambda k, xs: lax.scan(body, k, xs))
-    t_top = _median_time(top, xs[0], k, repeats=repeats)
-    t_scan = _median_time(scanned, k, xs, repeats=max(3, repeats // 3)) / scan_steps
+    t_top = median_time(top, xs[0], k, repeats=repeats)
+    t_scan = median_time(scanned, k, xs, repeats=max(3, repeats // 3)) / scan_steps
     return t_top, t_scan
 
 

@@ -18,7 +18,6 @@ same run; all variants are first checked to give the same output.
 
 from __future__ import annotations
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ from absl import app, flags
 from jax import lax
 
 import convjax
+from experiments._timing import median_time
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 128, "Batch size N.")
@@ -58,16 +58,6 @@ def vmapped(x, k):
 
 
 VARIANTS = {"grouped": grouped, "taps": taps, "patches": patches, "vmap": vmapped}
-
-
-def _time(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _loss(f):
@@ -105,10 +95,10 @@ def main(argv):
         xs = jax.random.normal(kx, (FLAGS.scan_steps, FLAGS.batch, h, w, c))
         rows = {}
         for name, f in VARIANTS.items():
-            fwd = _time(jax.jit(f), x, k, repeats=FLAGS.repeats)
-            bwd = _time(jax.jit(jax.grad(_loss(f), argnums=(0, 1))), x, k,
+            fwd = median_time(jax.jit(f), x, k, repeats=FLAGS.repeats)
+            bwd = median_time(jax.jit(jax.grad(_loss(f), argnums=(0, 1))), x, k,
                         repeats=FLAGS.repeats)
-            scan = _time(_scan(f, FLAGS.scan_steps), xs, k,
+            scan = median_time(_scan(f, FLAGS.scan_steps), xs, k,
                          repeats=max(3, FLAGS.repeats // 4)) / FLAGS.scan_steps
             rows[name] = (fwd, bwd, scan)
         base = rows["grouped"]

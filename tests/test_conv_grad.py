@@ -12,7 +12,6 @@ import pytest
 from jax import lax
 
 import convjax
-from convjax.functional import conv_grad
 
 
 def _grads(backward, x, k, b, **kw):

@@ -122,7 +122,6 @@ def kernel_grad(x, dy, window, stride, pairs, dilation, groups=1, split_groups=T
     Returns:
       ``[KH, KW, C / groups, O]`` in the accumulation dtype.
     """
-    rank = x.ndim - 2
     lhs = jnp.swapaxes(x, 0, -1)       # [C, H, W, N]: channels as batch, batch as features
     rhs = jnp.moveaxis(dy, 0, -2)      # [H', W', N, O]: dy as an HWIO kernel
     m = dy.shape[1:-1]

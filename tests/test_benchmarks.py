@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end on tiny sizes and print/write what they promise."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+def test_benchmark_conv_prints_table_and_writes_json(tmp_path):
+    out = _run("experiments.benchmark_conv", "--batch=2", "--repeats=1", "--scan_steps=1",
+               "--cases=flax_cnn_conv1", f"--output_dir={tmp_path}")
+    assert "flax_cnn_conv1" in out and "targets:" in out
+    payload = json.loads((tmp_path / "benchmark_conv.json").read_text())
+    row = payload["rows"][0]
+    assert row["case"] == "flax_cnn_conv1" and row["kernel"] == [3, 3, 1, 32]
+    assert row["ours_scan_over_top"] > 0 and row["ours_over_stock_top"] > 0
+    assert oct((tmp_path / "benchmark_conv.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_benchmark_depthwise_checks_variants_agree_and_prints():
+    out = _run("experiments.benchmark_depthwise", "--batch=2", "--repeats=1",
+               "--scan_steps=1", "--shapes=6x6x4")
+    for variant in ("grouped", "taps", "patches", "vmap"):
+        assert variant in out
