@@ -58,7 +58,6 @@ class DatasetSpec:
     dir_names: tuple[str, ...]
     num_classes: int = 10
     image_shape: tuple[int, int] = (28, 28)
-    sizes: tuple[tuple[str, int], ...] = (("train", 60000), ("test", 10000))
     where: str = ""
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from convjax import layout as L
+from convjax.functional._common import tap_slices
 
 __all__ = ["conv_forward", "conv_forward_direct", "conv_backward", "im2col"]
 
@@ -43,22 +44,16 @@ def _setup(x, kernel, stride, padding, dilation, op):
     return x, kernel, rank, window, stride, dilation, pairs, out
 
 
-def im2col(x, window, stride, dilation, pairs, out):
+def im2col(x, window, stride, dilation, pairs):
     """Every window of ``x`` as a row: ``[N, *out, prod(window), C]``.
 
     Tap ``t`` (row-major over the window) of output position ``p`` is
     ``xpad[n, p * stride + t * dilation, :]``. One strided slice per tap (a loop over
     the ``prod(window)`` taps, not over pixels).
     """
-    rank = len(window)
     xp = jnp.pad(x, ((0, 0), *pairs, (0, 0)))
-    cols = []
-    for tap in np.ndindex(*window):
-        start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
-        limit = (xp.shape[0], *(b + (o - 1) * s + 1 for b, o, s in zip(start[1:], out, stride)),
-                 xp.shape[-1])
-        cols.append(jax.lax.slice(xp, start, limit, (1, *stride, 1)))
-    return jnp.stack(cols, axis=rank + 1)
+    cols = [xs for _, xs in tap_slices(xp, window, stride, dilation)]
+    return jnp.stack(cols, axis=len(window) + 1)
 
 
 def conv_forward(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
@@ -74,7 +69,7 @@ def conv_forward(x: Any, kernel: Any, bias: Any = None, *, stride: Any = 1,
     """
     x, kernel, rank, window, stride, dilation, pairs, out = _setup(
         x, kernel, stride, padding, dilation, "reference.conv_forward")
-    cols = im2col(x, window, stride, dilation, pairs, out)
+    cols = im2col(x, window, stride, dilation, pairs)
     t = int(np.prod(window))
     y = jnp.einsum("n...tc,tco->n...o", cols, kernel.reshape(t, *kernel.shape[-2:]))
     return y if bias is None else y + jnp.asarray(bias).reshape((1,) * (y.ndim - 1) + (-1,))
@@ -132,8 +127,7 @@ def conv_backward(x: Any, kernel: Any, grad_out: Any, *, stride: Any = 1,
                          f"{(x.shape[0], *out, kernel.shape[-1])} (the conv's output), got "
                          f"{tuple(g.shape)}")
     grad_bias = g.sum(axis=tuple(range(rank + 1)))
-    cols = im2col(x, window, stride, dilation, pairs, out)          # [N, *out, T, C]
-    t = int(np.prod(window))
+    cols = im2col(x, window, stride, dilation, pairs)          # [N, *out, T, C]
     grad_kernel = jnp.einsum("n...tc,n...o->tco", cols, g).reshape(kernel.shape)
 
     # grad_x: dilate grad_out by the stride (zeros between rows) onto the padded grid ...
@@ -150,5 +144,4 @@ def conv_backward(x: Any, kernel: Any, grad_out: Any, *, stride: Any = 1,
                              dilation=dilation)
     crop = tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape[1:-1], pairs))
     grad_x = grad_xpad[(slice(None), *crop)]
-    del t
     return grad_x, grad_kernel, grad_bias

@@ -44,7 +44,7 @@ def test_forward_and_backward_match_conv_vjp_and_conv_transpose(rng, rank, ksize
 
 def test_im2col_rows_are_windows():
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-    cols = R.im2col(x, (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), (2, 2))
+    cols = R.im2col(x, (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)))
     assert cols.shape == (1, 2, 2, 4, 1)
     assert cols[0, 1, 0, :, 0].tolist() == [8.0, 9.0, 12.0, 13.0]  # window at row 2, col 0
 

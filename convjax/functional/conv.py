@@ -17,11 +17,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from convjax import layout as L
-from convjax.functional._common import accum_dtype, effective, finish
-from convjax.functional.conv_grad import conv_general, input_grad
+from convjax.functional._common import effective, finish, tap_slices
+from convjax.functional.conv_grad import conv_general, input_grad, lax_conv
 from convjax.functional.dense import linear
 
 __all__ = ["conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv"]
@@ -139,13 +138,8 @@ def _conv(x, kernel, bias, stride, pad: L.Padding, dilation, groups, backward="c
     if pad.circular:
         x = L.circular_pad(x, pairs)
         pairs = ((0, 0),) * len(pairs)
-    if backward == "canonical":
-        y = conv_general(x, kernel, tuple(stride), tuple(pairs), tuple(dilation), groups)
-    else:
-        y = lax.conv_general_dilated(
-            x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
-            dimension_numbers=L.dimension_numbers(kernel.ndim - 2),
-            feature_group_count=groups, preferred_element_type=accum_dtype(x.dtype))
+    conv_fn = conv_general if backward == "canonical" else lax_conv
+    y = conv_fn(x, kernel, tuple(stride), tuple(pairs), tuple(dilation), groups)
     return finish(y, bias, x.dtype)
 
 
@@ -313,16 +307,10 @@ def _depthwise(x, kernel, bias, stride, pad: L.Padding, dilation, method, backwa
         xa = L.circular_pad(xa, pad.pairs)
     else:
         xa = jnp.pad(xa, ((0, 0), *pad.pairs, (0, 0)))
-    eff = effective(window, dilation)
-    out = [(n - k) // s + 1 for n, k, s in zip(xa.shape[1:-1], eff, stride)]
     w = kernel.astype(acc)
     y = None
-    for tap in np.ndindex(*window):  # a static loop over the kernel's taps, not pixels
-        start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
-        limit = (xa.shape[0], *(b + (o - 1) * s + 1 for b, o, s in zip(start[1:], out,
-                                                                         stride)), cm)
-        term = lax.slice(xa, start, limit, (1, *stride, 1)) * w[tap].reshape(
-            (1,) * (rank + 1) + (cm,))
+    for tap, xs in tap_slices(xa, window, stride, dilation):
+        term = xs * w[tap].reshape((1,) * (rank + 1) + (cm,))
         y = term if y is None else y + term
     return finish(y, bias, x.dtype)
 

@@ -46,7 +46,7 @@ from jax import lax
 from convjax import layout as L
 from convjax.functional._common import accum_dtype, effective
 
-__all__ = ["conv_general", "input_grad", "kernel_grad"]
+__all__ = ["conv_general", "lax_conv", "input_grad", "kernel_grad"]
 
 
 def _conv(lhs, rhs, *, window_strides, pads, lhs_dilation=None, rhs_dilation=None,
@@ -74,11 +74,10 @@ def _conv(lhs, rhs, *, window_strides, pads, lhs_dilation=None, rhs_dilation=Non
         preferred_element_type=accum_dtype(lhs.dtype))
 
 
-def _lax_conv(x, kernel, stride, pairs, dilation, groups):
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=stride, padding=pairs, rhs_dilation=dilation,
-        dimension_numbers=L.dimension_numbers(kernel.ndim - 2),
-        feature_group_count=groups, preferred_element_type=accum_dtype(x.dtype))
+def lax_conv(x, kernel, stride, pairs, dilation, groups):
+    """The forward conv in convjax's layout, differentiated by JAX (``backward="lax"``)."""
+    return _conv(x, kernel, window_strides=stride, pads=pairs, rhs_dilation=dilation,
+                 groups=groups)
 
 
 def input_grad(dy, kernel, spatial, stride, pairs, dilation, groups=1):
@@ -160,11 +159,11 @@ def conv_general(x, kernel, stride, pairs, dilation, groups):
     works too; forward mode on this function itself (``jax.jvp``, ``jax.jacfwd``) is not
     defined for a ``jax.custom_vjp``: use ``convjax.conv(..., backward="lax")`` for it.
     """
-    return _lax_conv(x, kernel, stride, pairs, dilation, groups)
+    return lax_conv(x, kernel, stride, pairs, dilation, groups)
 
 
 def _fwd(x, kernel, stride, pairs, dilation, groups):
-    return _lax_conv(x, kernel, stride, pairs, dilation, groups), (x, kernel)
+    return lax_conv(x, kernel, stride, pairs, dilation, groups), (x, kernel)
 
 
 def _bwd(stride, pairs, dilation, groups, res, dy):
