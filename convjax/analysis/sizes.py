@@ -1,0 +1,169 @@
+"""Why a dense head fixes the input size, and the fully convolutional head that does not.
+
+A dense layer after ``flatten`` has a kernel ``[H' * W' * C', units]``: its first axis is
+the length of the flattened last feature map, which grows with the image. Trained at
+one size, it cannot take another (the familiar ``lhs shape= [4608,1024] rhs shape=
+[2048,1024]``). The same weights, read as ``units`` filters of ``H' x W' x C'``, are a
+VALID conv over that map; later dense layers are 1x1 convs. That head gives one
+prediction per window position on a larger image, in one pass instead of a sliding
+window (OverFeat; Long et al.'s FCN).
+
+>>> fcn = fully_convolutional("conv2d(8, 3); flatten; dense(16, activation=relu); dense(10)",
+...                           (6, 6, 1))
+>>> [s.spec_string() for s in fcn]
+['conv2d(8, 3)', 'conv2d(16, 4, activation=relu)', 'conv2d(10, 1)']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from convjax.analysis import core
+from convjax.analysis import specs as S
+from convjax.analysis.render import shape_name
+
+__all__ = ["fully_convolutional", "SizeReport", "input_size_report"]
+
+
+def _as_specs(layers) -> tuple[S.LayerSpec, ...]:
+    return S.parse_layers(layers) if isinstance(layers, str) else tuple(layers)
+
+
+def fully_convolutional(layers: Sequence[S.LayerSpec] | str,
+                        input_shape: Sequence[int]) -> tuple[S.LayerSpec, ...]:
+    """The stack with ``flatten -> dense -> ... -> dense`` turned into convolutions.
+
+    The first dense after a flatten becomes a VALID conv whose window is the flattened
+    map's spatial size at ``input_shape`` (the training size); every later dense layer
+    becomes a 1x1 conv; dropout and activations stay. Same parameter count, same
+    output at ``input_shape`` (as ``[1, 1, units]`` instead of ``[units]``).
+
+    Raises:
+      ValueError: no flatten followed by dense, or a layer between the flatten and the
+        dense layers that is not dropout or an activation.
+    """
+    specs = _as_specs(layers)
+    analysis = core.analyze(specs, input_shape)
+    out: list[S.LayerSpec] = []
+    flat_at = None
+    for row in analysis.rows:
+        spec = row.spec
+        if flat_at is None:
+            if isinstance(spec, S.Flatten) and len(row.input_shape) > 1:
+                flat_at = row
+                continue
+            out.append(spec)
+            continue
+        if isinstance(spec, S.Dense):
+            window = (row.flattened_map[:-1] if row.input_size_dependent
+                      else (1,) * (len(flat_at.input_shape) - 1))
+            out.append(S.Conv(spec.features, window, 1, "VALID", 1, 1, spec.use_bias,
+                              spec.activation))
+        elif isinstance(spec, (S.Dropout, S.Activation)):
+            out.append(spec)
+        else:
+            raise ValueError(f"fully_convolutional: layer {row.index} `{row.text}` after "
+                             f"the flatten is not dense, dropout or an activation; only "
+                             f"flatten -> dense -> ... -> dense heads are converted")
+    if flat_at is None or not any(r.input_size_dependent for r in analysis.rows):
+        raise ValueError("fully_convolutional: the stack has no flatten followed by dense "
+                         "layers; it is already fully convolutional (or has no head)")
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeReport:
+    """How a stack's weights and outputs change across input sizes.
+
+    Attributes:
+      analyses: one :class:`~convjax.analysis.Analysis` per input shape.
+      changes: ``(row index, spec text, param name, [shape per input])`` for every
+        parameter whose shape differs between the inputs.
+      fcn: the fully convolutional stack (:func:`fully_convolutional` at the first input)
+        when there are changes, else None.
+      fcn_outputs: its output shape at each input, or the error text where it does not fit.
+    """
+
+    analyses: tuple[core.Analysis, ...]
+    changes: tuple[tuple[int, str, str, tuple[tuple[int, ...], ...]], ...]
+    fcn: tuple[S.LayerSpec, ...] | None
+    fcn_outputs: tuple[tuple[int, ...] | str, ...]
+
+    def lines(self) -> list[str]:
+        """The report in plain words."""
+        names = [shape_name(a.input_shape) for a in self.analyses]
+        out = ["Input sizes: " + " vs ".join(names)]
+        if not self.changes:
+            outs = ", ".join(f"[{', '.join(map(str, a.output_shape))}] at {n}"
+                             for a, n in zip(self.analyses, names))
+            out.append("No weight shape depends on the input size: the same parameters "
+                       f"take every input here (outputs {outs}).")
+            return out
+        for index, text, pname, shapes in self.changes:
+            per = ", ".join(f"[{', '.join(map(str, s))}] at {n}"
+                            for s, n in zip(shapes, names))
+            out.append(f"layer {index} `{text}`: {pname} {per}.")
+        first = self.changes[0][3]
+        out.append(
+            f"Weights trained at {names[0]} do not fit the other size: the trained kernel "
+            f"[{', '.join(map(str, first[0]))}] meets a flattened input of length "
+            f"{first[1][0]}, so the matmul's shapes disagree ({list(first[0])} vs "
+            f"{list(first[1])}, the error users see when they feed a new size). Every conv "
+            f"and pooling layer keeps its weights: only the dense head is tied to the size.")
+        advice = ("A fully convolutional head (a conv over the last feature map instead of "
+                  "flatten + dense) would accept both")
+        if self.fcn is None:
+            out.append(advice + ".")
+            return out
+        fcn_text = "; ".join(s.spec_string() for s in self.fcn)
+        out.append(
+            f"{advice}: the first dense layer becomes a VALID conv whose window is the last "
+            "feature map at the training size, with the dense kernel reshaped into it, and "
+            f"each later dense layer a 1x1 conv: `{fcn_text}`.")
+        for n, o in zip(names, self.fcn_outputs):
+            if isinstance(o, str):
+                out.append(f"  at {n}: does not fit ({o})")
+            else:
+                npos = 1
+                for v in o[:-1]:
+                    npos *= v
+                out.append(f"  at {n}: output [{', '.join(map(str, o))}], {npos} "
+                           f"prediction{'s' if npos != 1 else ''} in one pass")
+        return out
+
+
+def input_size_report(layers: Sequence[S.LayerSpec] | str,
+                      input_shapes: Sequence[Sequence[int]], *, batch: int = 1,
+                      dtype="float32") -> SizeReport:
+    """Analyze ``layers`` at several input shapes and say what changes and why.
+
+    >>> r = input_size_report("conv2d(4, 3); flatten; dense(10)", [(8, 8, 1), (10, 12, 1)])
+    >>> r.changes
+    ((3, 'dense(10)', 'kernel', ((144, 10), (320, 10))),)
+    >>> r.fcn_outputs
+    ((1, 1, 10), (3, 5, 10))
+    """
+    specs = _as_specs(layers)
+    analyses = tuple(core.analyze(specs, s, batch=batch, dtype=dtype) for s in input_shapes)
+    changes = []
+    for rows in zip(*(a.rows for a in analyses)):
+        for pname in rows[0].param_shapes:
+            shapes = tuple(tuple(r.param_shapes[pname]) for r in rows)
+            if len(set(shapes)) > 1:
+                changes.append((rows[0].index, rows[0].text, pname, shapes))
+    fcn, outputs = None, ()
+    if changes:
+        try:
+            fcn = fully_convolutional(specs, analyses[0].input_shape)
+        except ValueError:
+            fcn = None
+        if fcn is not None:
+            outs = []
+            for a in analyses:
+                try:
+                    outs.append(core.analyze(fcn, a.input_shape).output_shape)
+                except S.SpecError as e:
+                    outs.append(e.reason)
+            outputs = tuple(outs)
+    return SizeReport(analyses, tuple(changes), fcn, outputs)

@@ -1,0 +1,146 @@
+"""Our analytic FLOP count beside XLA's own ``cost_analysis()``, with the gap explained.
+
+XLA's count for one compiled forward pass differs from ours in known ways, which
+:func:`xla_flops` reports instead of hiding:
+
+* XLA skips the taps of a window that fall on zero padding; we count every tap
+  (``macs_on_padding`` of each row is that part);
+* XLA adds one FLOP per bias add, activation element, pooling comparison or addition and
+  batch-norm operation; we count only multiply-accumulates;
+* XLA counts the body of a ``lax.scan`` once, so only one step is ever lowered here.
+
+So ``predicted = flops - 2 * macs_on_padding + bias_adds`` matches XLA for conv and
+dense stacks without padding-free extras; the rest (``other``) is elementwise work.
+For one training step (value and gradient of a sum-of-squares loss with respect to every
+parameter) our estimate is ``3x`` the forward MACs minus the input gradients nobody needs
+(those of the layers up to the first one with weights): each weighted layer costs its
+forward MACs again for the kernel gradient and again for the input gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from convjax.analysis import core
+from convjax.analysis import specs as S
+
+__all__ = ["XlaFlops", "xla_flops", "compiled_flops"]
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaFlops:
+    """Our FLOP counts beside XLA's, for one forward pass and one training step.
+
+    Attributes:
+      flops: ours, ``2 * MACs``, every tap counted.
+      padding_flops: ``2 * macs_on_padding``, the part XLA skips.
+      bias_flops: one per bias add (XLA counts them; we do not).
+      predicted: ``flops - padding_flops + bias_flops``: what XLA should report for the
+        convs and dense layers.
+      xla: XLA's ``cost_analysis()["flops"]`` of the compiled forward pass.
+      train_flops: our estimate for one training step (see the module docstring).
+      train_xla: XLA's count for the compiled training step.
+    """
+
+    flops: int
+    padding_flops: int
+    bias_flops: int
+    predicted: int
+    xla: float
+    train_flops: int
+    train_xla: float
+
+    @property
+    def ratio(self) -> float:
+        """``xla / flops``: how far XLA's forward count is from ours."""
+        return self.xla / self.flops if self.flops else float("nan")
+
+    @property
+    def other(self) -> float:
+        """``xla - predicted``: XLA's elementwise work (activations, pooling, norms)."""
+        return self.xla - self.predicted
+
+    @property
+    def train_ratio(self) -> float:
+        return self.train_xla / self.train_flops if self.train_flops else float("nan")
+
+    def lines(self) -> list[str]:
+        """A plain-text account, one line per figure."""
+        return [
+            f"ours, forward:          {self.flops:>16,} FLOPs (2 x MACs, every tap counted)",
+            f"  - taps on padding:    {self.padding_flops:>16,} (XLA skips them)",
+            f"  + bias adds:          {self.bias_flops:>16,} (XLA counts them)",
+            f"  = predicted for XLA:  {self.predicted:>16,}",
+            f"XLA cost_analysis:      {self.xla:>16,.0f} (x{self.ratio:.3f} of ours; "
+            f"{self.other:+,.0f} vs predicted: activations, pooling, norms)",
+            f"ours, training step:    {self.train_flops:>16,} (3 x forward MACs x 2, minus "
+            f"unneeded input gradients)",
+            f"XLA, training step:     {self.train_xla:>16,.0f} (x{self.train_ratio:.3f} of "
+            f"ours)",
+        ]
+
+
+def compiled_flops(fn, *args) -> float:
+    """XLA's FLOP count of ``jax.jit(fn)`` compiled for ``args`` (arrays or structs)."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def _train_macs(analysis: core.Analysis) -> int:
+    macs = 3 * sum(r.macs for r in analysis.rows)
+    for r in analysis.rows:  # no input gradient up to the first layer with weights
+        macs -= r.macs
+        if r.param_shapes:
+            break
+    return macs
+
+
+def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis,
+              input_shape: Sequence[int] | None = None, *, batch: int = 8,
+              dtype: Any = jnp.float32) -> XlaFlops:
+    """Lower one forward pass and one training step with ``jax.jit`` and compare FLOPs.
+
+    Nothing is run: the functions are compiled for shapes only
+    (``jax.ShapeDtypeStruct``), so this is cheap for any size.
+
+    Args:
+      layers: specs, a spec string, or an :class:`~convjax.analysis.Analysis` (then
+        ``input_shape`` and ``batch`` come from it).
+      input_shape: one example's shape, ``(H, W, C)``.
+      batch: examples per batch.
+      dtype: parameter and activation dtype.
+
+    >>> r = xla_flops("conv2d(32, 3, padding=same)", (64, 64, 3), batch=1)
+    >>> r.flops, r.predicted, int(r.xla)
+    (7077888, 7062272, 7062272)
+    """
+    if isinstance(layers, core.Analysis):
+        analysis = layers
+    else:
+        if input_shape is None:
+            raise TypeError("xla_flops: input_shape is required with a layer stack")
+        analysis = core.analyze(layers, input_shape, batch=batch, dtype=dtype)
+    specs = [r.spec for r in analysis.rows]
+    params, state = core.param_structs(analysis, dtype)
+    x = jax.ShapeDtypeStruct((analysis.batch, *analysis.input_shape), dtype)
+
+    def fwd(params, state, x):
+        return core.forward(specs, params, state, x)
+
+    def loss(params, state, x):
+        y = fwd(params, state, x)
+        return jnp.sum(jnp.square(y.astype(jnp.float32)))
+
+    xla = compiled_flops(fwd, params, state, x)
+    train = compiled_flops(jax.value_and_grad(loss), params, state, x)
+    tot = analysis.total()
+    pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
+    return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
+                    predicted=tot["flops"] - pad + bias, xla=xla,
+                    train_flops=2 * _train_macs(analysis), train_xla=train)
