@@ -17,6 +17,7 @@ A bad spec prints one line naming the layer (index and text) and exits with stat
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -27,7 +28,7 @@ from convjax.analysis import render
 
 FLAGS = flags.FlagValues()  # private: importing this module defines no global flags
 flags.DEFINE_multi_string("input", None, "One example's shape without the batch axis: "
-                          "H,W,C (or W,C; D,H,W,C; C). Repeat it to compare input sizes.",
+                          "H,W,C (or W,C; D,H,W,C; C); repeat it to compare input sizes",
                           flag_values=FLAGS)
 flags.DEFINE_string("layers", None, "The stack, Keras-like and semicolon-separated, e.g. "
                     "\"conv2d(32, 3, padding=same, activation=relu); maxpool2d(2); flatten; "
@@ -133,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (flags.Error, UsageError, A.SpecError) as e:
         print(f"explain: {_one_line(e)}", file=sys.stderr)
         return 2
-    print(out)
+    try:
+        print(out)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into head: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

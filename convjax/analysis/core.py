@@ -59,7 +59,9 @@ class LayerRow:
       filters: number of filters (output channels of a conv; ``C*M + O`` for a separable
         conv, depthwise then pointwise); 0 for layers without filters.
       filter_shape: one filter's shape, ``"3x3x3"`` (``KH x KW x I``); None without.
-      kernel_slices: number of 2D (``KH x KW``) kernel planes: ``filters * I``.
+      kernel_slices: number of 2D (``KH x KW``) kernel planes: ``filters * I`` for a 2D
+        conv, ``filters * I * KD`` for a 3D one (each ``KD x KH x KW x I`` filter is ``KD * I``
+        planes); for a 1D conv, the ``KW``-long rows, ``filters * I``.
       weights, biases: trained kernel entries and bias entries (batch norm: scale, offset).
       non_trainable: entries that are state, not trained (batch norm's running mean, var).
       macs: multiply-accumulates for the batch (every tap, padding included).
@@ -300,7 +302,7 @@ def _n(v: int) -> str:
 
 
 def _weights_sentence(weights: int, biases: int) -> str:
-    b = f"{_n(biases)} biases" if biases else "no bias"
+    b = f"{_n(biases)} bias{'es' if biases > 1 else ''}" if biases else "no bias"
     return f"{_n(weights)} weights + {b}"
 
 
@@ -342,6 +344,7 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
         k = spec.kernel_size
         eff = tuple((kk - 1) * d + 1 for kk, d in zip(k, spec.dilation))
         window = _dims(k)
+        depth = math.prod(k[:-2])  # KD for a 3D kernel: planes per channel
         if isinstance(spec, S.ConvTranspose):
             # the conv it transposes maps out_sp (C'=features... ) back to in_sp
             total, inside = _taps(out_sp, k, spec.strides, spec.dilation, spec.padding,
@@ -353,12 +356,12 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
                                   out_sp, spec.name)
             field.window(eff, spec.strides)
         stride_note = ("" if all(s == 1 for s in spec.strides)
-                       else f", every {_dims(spec.strides)} input pixels")
+                       else f", at stride {_dims(spec.strides)}")
         dil_note = ("" if all(d == 1 for d in spec.dilation)
                     else f" (dilated by {_dims(spec.dilation)}: it spans {_dims(eff)})")
         if isinstance(spec, S.Conv):
             i = c // spec.groups
-            filters, filter_shape, slices = o, f"{window}x{i}", o * i
+            filters, filter_shape, slices = o, f"{window}x{i}", o * i * depth
             weights = math.prod(k) * i * o
             per_tap = i * o
             if all(kk == 1 for kk in k):
@@ -369,16 +372,17 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
                              f"{o} dimensions)")
             else:
                 over = ("its single input channel" if i == 1 else
+                        "both input channels" if i == 2 and spec.groups == 1 else
                         f"{'all ' if spec.groups == 1 else ''}{i} input channels")
                 what = (f"each output value is a weighted sum of a {window}{dil_note} "
-                        f"window over {over} ({math.prod(k) * i} inputs)")
+                        f"window over {over} ({_n(math.prod(k) * i)} inputs)")
             if spec.groups > 1:
                 what += (f"; {spec.groups} groups: each filter sees only its group's {i} of "
                          f"the {c} channels")
             sentence = (f"{where}{o} filters of {filter_shape}: {what}{stride_note}; "
                         f"{_weights_sentence(weights, biases)}")
         elif isinstance(spec, S.ConvTranspose):
-            filters, filter_shape, slices = o, f"{window}x{c}", o * c
+            filters, filter_shape, slices = o, f"{window}x{c}", o * c * depth
             weights = math.prod(k) * c * o
             sentence = (f"{where}{o} filters of {filter_shape}: each input value adds a "
                         f"{window}{dil_note} patch, weighted by each filter's slice for its "
@@ -388,7 +392,7 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
                         + f" (the transpose of a conv); {_weights_sentence(weights, biases)}")
         elif isinstance(spec, S.DepthwiseConv):
             m = spec.multiplier
-            filters, filter_shape, slices = c * m, f"{window}x1", c * m
+            filters, filter_shape, slices = c * m, f"{window}x1", c * m * depth
             weights = math.prod(k) * c * m
             per_tap = c * m
             per = "one" if m == 1 else f"{m}"
@@ -401,7 +405,7 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
             cm = c * m
             filters = cm + o
             filter_shape = f"{window}x1 + {_dims((1,) * len(k))}x{cm}"
-            slices = cm + o * cm
+            slices = cm * depth + o * cm
             dw, pw = math.prod(k) * cm, cm * o
             weights = dw + pw
             per_tap = cm
@@ -416,6 +420,11 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
             inside = batch * (inside * per_tap + math.prod(out_sp) * cm * o)
         else:
             macs, inside = batch * total * per_tap, batch * inside * per_tap
+        if macs and (macs - inside) * 4 >= macs:
+            sentence += (f". Note: {100 * (macs - inside) / macs:.0f}% of these MACs multiply "
+                         f"zero padding (a window of {_dims(eff)} on a "
+                         f"{_dims(out_sp if isinstance(spec, S.ConvTranspose) else in_sp)} "
+                         f"map)")
     elif isinstance(spec, S.Pool):
         field.window(spec.window, spec.strides)
         verb = "the maximum" if spec.kind == "max" else "the mean"
@@ -431,14 +440,15 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
     elif isinstance(spec, S.Flatten):
         if in_sp:
             field.flattened = in_shape
-            sentence = (f"{where}{_dims(in_shape)} -> {out_shape[0]:,} values in NHWC order "
+            sentence = (f"{where}{_dims(in_shape)} -> {_n(out_shape[0])} values in NHWC order "
                         f"(channels fastest); the length depends on the input size")
     elif isinstance(spec, S.Dense):
         d_in = c
         filters = 0
         weights = d_in * o
         macs = inside = batch * math.prod(in_sp) * d_in * o
-        what = f"{o} units, each a weighted sum of all {_n(d_in)} inputs"
+        what = (f"{_n(o)} unit{'s' if o > 1 else ''}, "
+                f"{'each ' if o > 1 else ''}a weighted sum of all {_n(d_in)} inputs")
         if in_sp:
             what += f" at each of the {_dims(in_sp)} positions (a 1x1 conv)"
         sentence = f"{where}{what}; {_weights_sentence(weights, biases)}"
@@ -525,6 +535,16 @@ def analyze(layers: Sequence[S.LayerSpec] | str, input_shape: Sequence[int], *,
     rows = []
     for index, spec in enumerate(layers, start=1):
         text = spec.spec_string()
+        if spec.rank is not None and len(shape) - 1 != spec.rank:
+            want = L.layout_for_rank(spec.rank).activations[1:]
+            have = ("C" if len(shape) == 1 else
+                    L.layout_for_rank(len(shape) - 1).activations[1:])
+            raise S.SpecError(index, text, (
+                f"input {list(shape)} is {have} ({len(shape) - 1} spatial "
+                f"ax{'i' if len(shape) == 2 else 'e'}s), but a "
+                f"{spec.name} needs {spec.rank} spatial axes: a {want} input"
+                + (f" (as the first layer: an input shape of {len(want)} ints, "
+                   f"{','.join(want)})" if index == 1 else "")))
         try:
             pshapes, sshapes = _param_shapes(spec, shape)
             params = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in pshapes.items()}

@@ -22,7 +22,9 @@ CONVENTIONS = (
     "prod(output spatial) x O x prod(window) x I); FLOPs = 2 x MACs exactly; pooling, "
     "activations, batch norm, dropout and bias adds count 0. RF = receptive field and "
     "jump = distance between neighbouring outputs, both in input pixels (padding "
-    "included). Activation sizes are the layer's output for the whole batch.")
+    "included, so RF can exceed the input). Activation sizes are the layer's output for "
+    "the whole batch. Totals sum over the layers (act.: every layer's output, what "
+    "backprop keeps); RF and jump are the last layer's.")
 
 _COLUMNS = (("#", "index"), ("layer", "text"), ("output", "output"), ("filters", "filters"),
             ("filter", "filter_shape"), ("2D slices", "kernel_slices"),
@@ -30,7 +32,7 @@ _COLUMNS = (("#", "index"), ("layer", "text"), ("output", "output"), ("filters",
             ("MACs", "macs"), ("FLOPs", "flops"), ("RF", "receptive_field"),
             ("jump", "jump"), ("act. elems", "activation_elements"),
             ("act. bytes", "activation_bytes"))
-_TEXT_WIDTH = 44
+_TEXT_WIDTH = 60
 
 
 def number(v: Fraction | int) -> int | float:

@@ -2,8 +2,9 @@
 
 A dense layer after ``flatten`` has a kernel ``[H' * W' * C', units]``: its first axis is
 the length of the flattened last feature map, which grows with the image. Trained at
-one size, it cannot take another (the familiar ``lhs shape= [4608,1024] rhs shape=
-[2048,1024]``). The same weights, read as ``units`` filters of ``H' x W' x C'``, are a
+one size, it cannot take another (loading its weights into the model built for another
+size fails with both kernel shapes in the message, e.g. ``lhs shape= [4608,1024] rhs
+shape= [2048,1024]``). The same weights, read as ``units`` filters of ``H' x W' x C'``, are a
 VALID conv over that map; later dense layers are 1x1 convs. That head gives one
 prediction per window position on a larger image, in one pass instead of a sliding
 window (OverFeat; Long et al.'s FCN).
@@ -105,12 +106,14 @@ class SizeReport:
                             for s, n in zip(shapes, names))
             out.append(f"layer {index} `{text}`: {pname} {per}.")
         first = self.changes[0][3]
+        k0, k1 = (", ".join(map(str, k)) for k in first[:2])
         out.append(
-            f"Weights trained at {names[0]} do not fit the other size: the trained kernel "
-            f"[{', '.join(map(str, first[0]))}] meets a flattened input of length "
-            f"{first[1][0]}, so the matmul's shapes disagree ({list(first[0])} vs "
-            f"{list(first[1])}, the error users see when they feed a new size). Every conv "
-            f"and pooling layer keeps its weights: only the dense head is tied to the size.")
+            f"Weights trained at {names[0]} do not fit the other size: a model built for "
+            f"{names[1]} needs the kernel [{k1}], the trained one is [{k0}] (loading it "
+            f"fails with both shapes in the message, e.g. TensorFlow's `lhs shape= [{k0}] "
+            f"rhs shape= [{k1}]`), and fed the new image directly, the trained dense layer "
+            f"gets {first[1][0]:,} inputs where it expects {first[0][0]:,}. Every conv and "
+            f"pooling layer keeps its weights: only the dense head is tied to the size.")
         advice = ("A fully convolutional head (a conv over the last feature map instead of "
                   "flatten + dense) would accept both")
         if self.fcn is None:

@@ -197,17 +197,9 @@ class Conv(LayerSpec):
     text: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
-        if isinstance(self.kernel_size, int) or len(tuple(self.kernel_size)) not in (1, 2, 3):
-            raise ValueError(f"kernel_size must be a sequence of 1, 2 or 3 ints, got "
-                             f"{self.kernel_size!r}")
-        r = len(tuple(self.kernel_size))
+        _normalize_window(self)
         _set(self, features=_positive(self.features, "filters"),
-             kernel_size=_ints(self.kernel_size, r, "kernel_size"),
-             strides=_ints(self.strides, r, "strides"),
-             dilation=_ints(self.dilation, r, "dilation_rate"),
-             padding=_padding(self.padding), groups=_positive(self.groups, "groups"),
-             use_bias=_flag(self.use_bias, "use_bias"),
-             activation=_activation(self.activation))
+             groups=_positive(self.groups, "groups"))
 
     @property
     def rank(self) -> int:
@@ -240,9 +232,10 @@ class ConvTranspose(LayerSpec):
     activation: str | None = None
     text: str = dataclasses.field(default="", compare=False)
 
-    __post_init__ = Conv.__post_init__
+    def __post_init__(self):
+        _normalize_window(self)
+        _set(self, features=_positive(self.features, "filters"))
 
-    groups = 1
     rank = Conv.rank
 
     @property
@@ -268,17 +261,8 @@ class DepthwiseConv(LayerSpec):
     text: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
-        if isinstance(self.kernel_size, int) or len(tuple(self.kernel_size)) not in (1, 2, 3):
-            raise ValueError(f"kernel_size must be a sequence of 1, 2 or 3 ints, got "
-                             f"{self.kernel_size!r}")
-        r = len(tuple(self.kernel_size))
-        _set(self, kernel_size=_ints(self.kernel_size, r, "kernel_size"),
-             strides=_ints(self.strides, r, "strides"),
-             dilation=_ints(self.dilation, r, "dilation_rate"),
-             padding=_padding(self.padding),
-             multiplier=_positive(self.multiplier, "depth_multiplier"),
-             use_bias=_flag(self.use_bias, "use_bias"),
-             activation=_activation(self.activation))
+        _normalize_window(self)
+        _set(self, multiplier=_positive(self.multiplier, "depth_multiplier"))
 
     rank = Conv.rank
 
@@ -306,8 +290,9 @@ class SeparableConv(LayerSpec):
     text: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
-        DepthwiseConv.__post_init__(self)
-        _set(self, features=_positive(self.features, "filters"))
+        _normalize_window(self)
+        _set(self, features=_positive(self.features, "filters"),
+             multiplier=_positive(self.multiplier, "depth_multiplier"))
 
     rank = Conv.rank
 
@@ -475,6 +460,18 @@ class Activation(LayerSpec):
 def _set(obj, **values):
     for k, v in values.items():
         object.__setattr__(obj, k, v)
+
+
+def _normalize_window(spec) -> None:
+    """Normalize the fields every conv-like spec has (the rank is ``len(kernel_size)``)."""
+    if isinstance(spec.kernel_size, int) or len(tuple(spec.kernel_size)) not in (1, 2, 3):
+        raise ValueError(f"kernel_size must be a sequence of 1, 2 or 3 ints, got "
+                         f"{spec.kernel_size!r}")
+    r = len(tuple(spec.kernel_size))
+    _set(spec, kernel_size=_ints(spec.kernel_size, r, "kernel_size"),
+         strides=_ints(spec.strides, r, "strides"),
+         dilation=_ints(spec.dilation, r, "dilation_rate"), padding=_padding(spec.padding),
+         use_bias=_flag(spec.use_bias, "use_bias"), activation=_activation(spec.activation))
 
 
 # --------------------------------------------------------------------------------------

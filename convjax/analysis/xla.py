@@ -7,14 +7,17 @@ XLA's count for one compiled forward pass differs from ours in known ways, which
   (``macs_on_padding`` of each row is that part);
 * XLA adds one FLOP per bias add, activation element, pooling comparison or addition and
   batch-norm operation; we count only multiply-accumulates;
-* XLA counts the body of a ``lax.scan`` once, so only one step is ever lowered here.
+* XLA counts the body of a ``lax.scan`` once, so only one step is ever lowered here;
+* with half-precision dtypes XLA also counts the casts to and from float32 accumulation.
 
 So ``predicted = flops - 2 * macs_on_padding + bias_adds`` matches XLA for conv and
 dense stacks without padding-free extras; the rest (``other``) is elementwise work.
 For one training step (value and gradient of a sum-of-squares loss with respect to every
 parameter) our estimate is ``3x`` the forward MACs minus the input gradients nobody needs
 (those of the layers up to the first one with weights): each weighted layer costs its
-forward MACs again for the kernel gradient and again for the input gradient.
+forward MACs again for the kernel gradient and again for the input gradient. XLA's count
+of a training step also skips padded taps, and at batch 1 it counts a dense layer's
+kernel gradient (an outer product) as 1 FLOP per product, not 2.
 """
 
 from __future__ import annotations
@@ -76,11 +79,12 @@ class XlaFlops:
             f"  + bias adds:          {self.bias_flops:>16,} (XLA counts them)",
             f"  = predicted for XLA:  {self.predicted:>16,}",
             f"XLA cost_analysis:      {self.xla:>16,.0f} (x{self.ratio:.3f} of ours; "
-            f"{self.other:+,.0f} vs predicted: activations, pooling, norms)",
+            f"{self.other:+,.0f} vs predicted: elementwise work such as activations, "
+            f"pooling, norms, dtype casts)",
             f"ours, training step:    {self.train_flops:>16,} (3 x forward MACs x 2, minus "
             f"unneeded input gradients)",
             f"XLA, training step:     {self.train_xla:>16,.0f} (x{self.train_ratio:.3f} of "
-            f"ours)",
+            f"ours; XLA skips padded taps in the gradients too)",
         ]
 
 
