@@ -5,19 +5,19 @@ Activations are NWC / NHWC / NDHWC and kernels WIO / HWIO / DHWIO (see
 ``jax.grad`` and ``jax.vmap``.
 
 Modules, in import order (each imports only those before it):
-``layout`` -> ``functional`` -> ``init`` -> ``reference`` -> ``analysis`` -> ``data``.
+``layout`` -> ``functional`` -> ``init`` -> ``reference`` -> ``analysis`` -> ``layers``
+-> ``models`` -> ``data``.
 Activations are ``jax.nn``'s (``jax.nn.relu``...). ``python -m convjax.explain`` prints
 the exact table of a conv stack (:mod:`convjax.analysis`).
 """
 
-from convjax import analysis, data, functional, init, layout, reference
+from convjax import analysis, data, functional, init, layers, layout, models, reference
 from convjax.functional import (avg_pool, batch_norm, conv, conv_transpose, dense,
                                 depthwise_conv, dropout, flatten, global_avg_pool,
                                 global_max_pool, max_pool, pointwise, separable_conv)
 
 __version__ = "0.1.0"
 
-__all__ = ["layout", "functional", "init", "reference", "analysis", "data", "conv", "pointwise",
-           "conv_transpose",
-           "depthwise_conv", "separable_conv", "dense", "flatten", "dropout", "batch_norm",
+__all__ = ["layout", "functional", "init", "reference", "analysis", "layers", "models", "data",
+           "conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv", "dense", "flatten", "dropout", "batch_norm",
            "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "__version__"]

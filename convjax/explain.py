@@ -2,6 +2,7 @@
 
     python -m convjax.explain --input=64,64,3 \\
         --layers="conv2d(32, 3, padding=same, activation=relu); conv2d(8, 1)"
+    python -m convjax.explain --model=tf-tutorial
 
 ``--input`` is one example's shape without the batch axis: ``H,W,C`` (NHWC), ``W,C``
 (NWC) or ``D,H,W,C`` (NDHWC). Give it twice to see what depends on the input size.
@@ -19,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
+import flax.linen as nn
 from absl import flags
 
 from convjax import analysis as A
+from convjax import models
 from convjax.analysis import render
 
 FLAGS = flags.FlagValues()  # private: importing this module defines no global flags
@@ -33,6 +36,10 @@ flags.DEFINE_multi_string("input", None, "One example's shape without the batch 
 flags.DEFINE_string("layers", None, "The stack, Keras-like and semicolon-separated, e.g. "
                     "\"conv2d(32, 3, padding=same, activation=relu); maxpool2d(2); flatten; "
                     "dense(10)\".", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "Instead of --layers: a model id of convjax.models "
+                    "(flax-example, tf-tutorial, flax-example-valid, plain-k3-w32.64, "
+                    "bottleneck-r8-k3-w32.64-res, ...); --input defaults to 28,28,1.",
+                    flag_values=FLAGS)
 flags.DEFINE_enum("format", "text", ["text", "markdown", "json"],
                   "text: aligned table and one sentence per layer; markdown: the same as "
                   "Markdown; json: only a JSON document on stdout.", flag_values=FLAGS)
@@ -70,14 +77,24 @@ def _xla_dict(r: A.XlaFlops) -> dict:
             "train_ratio": r.train_ratio}
 
 
-def explain(layers: str, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
+def explain(layers: Any, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
             batch: int = 1, dtype: str = "float32", xla: bool = False) -> str:
-    """The command's output as a string (raises SpecError on a bad stack)."""
+    """The command's output as a string.
+
+    ``layers`` is a spec string or a linen model (raises SpecError on a bad stack).
+    """
     if batch < 1:
         raise UsageError(f"--batch={batch}: must be >= 1")
-    specs = A.parse_layers(layers)
-    report = A.input_size_report(specs, inputs, batch=batch, dtype=dtype)
-    checks = ([A.xla_flops(a, dtype=dtype) for a in report.analyses] if xla else [])
+    if isinstance(layers, str):
+        layers = A.parse_layers(layers)
+    report = A.input_size_report(layers, inputs, batch=batch, dtype=dtype)
+    if not xla:
+        checks = []
+    elif isinstance(layers, nn.Module):
+        checks = [A.xla_flops(layers, a.input_shape, batch=batch, dtype=dtype)
+                  for a in report.analyses]
+    else:
+        checks = [A.xla_flops(a, dtype=dtype) for a in report.analyses]
     if fmt == "json":
         docs = []
         for i, a in enumerate(report.analyses):
@@ -122,14 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         FLAGS.unparse_flags()
-        FLAGS(argv)
-        if not FLAGS.input:
-            raise UsageError("--input is required, e.g. --input=64,64,3 (H,W,C)")
-        if not FLAGS.layers:
-            raise UsageError("--layers is required, e.g. "
+        rest = FLAGS(argv)[1:]
+        if rest:
+            raise UsageError(f"unexpected argument {rest[0]!r}; every option is a --flag "
+                             f"(see --help)")
+        if FLAGS.model and FLAGS.layers:
+            raise UsageError("give --layers or --model, not both")
+        if FLAGS.model:
+            try:
+                layers = models.get(FLAGS.model)
+            except ValueError as e:
+                raise UsageError(f"--model={FLAGS.model!r}: {e}") from None
+            inputs = [parse_input(t) for t in FLAGS.input or ["28,28,1"]]
+        elif not FLAGS.layers:
+            raise UsageError("--layers (or --model) is required, e.g. "
                              "--layers=\"conv2d(32, 3, padding=same); flatten; dense(10)\"")
-        inputs = [parse_input(t) for t in FLAGS.input]
-        out = explain(FLAGS.layers, inputs, fmt=FLAGS.format, batch=FLAGS.batch,
+        elif not FLAGS.input:
+            raise UsageError("--input is required, e.g. --input=64,64,3 (H,W,C)")
+        else:
+            layers, inputs = FLAGS.layers, [parse_input(t) for t in FLAGS.input]
+        out = explain(layers, inputs, fmt=FLAGS.format, batch=FLAGS.batch,
                       dtype=FLAGS.dtype, xla=FLAGS.xla)
     except (flags.Error, UsageError, A.SpecError) as e:
         print(f"explain: {_one_line(e)}", file=sys.stderr)

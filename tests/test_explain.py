@@ -114,8 +114,9 @@ def test_xla_flag_prints_both_counts(capsys):
      "explain: layer 1 `conv2d(8, 9)`: input [8, 8, 3]"),
     (["--input=64,a,3", "--layers=flatten"], "explain: --input='64,a,3': expected"),
     (["--layers=flatten"], "explain: --input is required"),
-    (["--input=3"], "explain: --layers is required"),
+    (["--input=3"], "explain: --layers (or --model) is required"),
     (["--input=3", "--layers=dense(2)", "--format=yaml"], "explain: flag --format=yaml"),
+    (["--input=3", "--layers=dense(2)", "extra"], "explain: unexpected argument 'extra'"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(capsys, args, message):
     status, out, err = run(capsys, *args)
@@ -141,3 +142,27 @@ def test_the_module_runs_as_a_command():
     helped = subprocess.run([sys.executable, "-m", "convjax.explain", "--help"],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert helped.returncode == 0 and "--layers" in helped.stdout
+
+
+def test_model_ids_are_explained_like_spec_strings(capsys):
+    status, out, _ = run(capsys, "--model=tf-tutorial", "--format=json")
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["input"] == [28, 28, 1] and doc["total"]["params"] == 3_274_634
+    assert [r["path"] for r in doc["layers"]][:2] == ["Conv_0", "MaxPool_0"]
+    with_dropout = TF_TUTORIAL.replace("dense(1024, activation=relu)",
+                                       "dense(1024, activation=relu); dropout(0.5)")
+    status, spec_out, _ = run(capsys, "--input=28,28,1", "--format=json",
+                              f"--layers={with_dropout}")
+    spec_doc = json.loads(spec_out)
+    for key in ("params", "macs", "flops", "kernel_slices", "activation_bytes"):
+        assert doc["total"][key] == spec_doc["total"][key], key
+    status, out, _ = run(capsys, "--model=plain-k3-w8.16", "--input=28,28,1",
+                         "--input=36,36,1")
+    assert status == 0 and "kernel [784, 128] at 28x28x1 (HWC), [1296, 128] at 36x36x1" in out
+    status, out, _ = run(capsys, "--model=flax-example", "--xla")
+    assert status == 0 and "XLA cost_analysis:" in out
+    status, _, err = run(capsys, "--model=resnet50")
+    assert status == 2 and err.startswith("explain: --model='resnet50': parse: unknown model")
+    status, _, err = run(capsys, "--model=tf-tutorial", "--layers=flatten")
+    assert status == 2 and err == "explain: give --layers or --model, not both\n"

@@ -76,6 +76,8 @@ class LayerRow:
         shape depends on the image size.
       flattened_map: for such a layer, the ``(H, W, C)`` map that was flattened.
       sentence: one plain sentence that says what the layer holds and computes.
+      path: the Flax module path of the layer (``"Conv_0"``, ``"block1/Conv_2"``) when
+        it comes from a model; "" for a spec list.
     """
 
     index: int
@@ -100,6 +102,7 @@ class LayerRow:
     input_size_dependent: bool
     flattened_map: tuple[int, ...] | None
     sentence: str
+    path: str = ""
 
     @property
     def name(self) -> str:
@@ -324,7 +327,7 @@ class _Field:
 
 
 def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-         field: _Field, batch: int, itemsize: int) -> LayerRow:
+         field: _Field, batch: int, itemsize: int, path: str = "") -> LayerRow:
     pshapes, sshapes = _param_shapes(spec, in_shape)
     c = in_shape[-1] if in_shape else 1
     o = out_shape[-1] if out_shape else 1
@@ -365,8 +368,9 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
             weights = math.prod(k) * i * o
             per_tap = i * o
             if all(kk == 1 for kk in k):
-                what = (f"each output pixel is a weighted sum of the {i} input values at the "
-                        f"same position")
+                values = "single input value" if i == 1 else f"{i} input values"
+                what = (f"each output pixel is a weighted sum of the {values} at the same "
+                        f"position")
                 if o < i:
                     what += (f" (a learned projection of each pixel's {i}-vector onto "
                              f"{o} dimensions)")
@@ -448,7 +452,8 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
         weights = d_in * o
         macs = inside = batch * math.prod(in_sp) * d_in * o
         what = (f"{_n(o)} unit{'s' if o > 1 else ''}, "
-                f"{'each ' if o > 1 else ''}a weighted sum of all {_n(d_in)} inputs")
+                f"{'each ' if o > 1 else ''}a weighted sum of "
+                + (f"all {_n(d_in)} inputs" if d_in > 1 else "its single input"))
         if in_sp:
             what += f" at each of the {_dims(in_sp)} positions (a 1x1 conv)"
         sentence = f"{where}{what}; {_weights_sentence(weights, biases)}"
@@ -477,7 +482,7 @@ def _row(index: int, spec: S.LayerSpec, in_shape: tuple[int, ...], out_shape: tu
         bias_adds=bias_adds, receptive_field=tuple(field.rf), jump=tuple(field.jump),
         activation_elements=out_elems, activation_bytes=out_elems * itemsize,
         param_shapes=pshapes, state_shapes=sshapes, input_size_dependent=dependent,
-        flattened_map=flat, sentence=sentence)
+        flattened_map=flat, sentence=sentence, path=path)
 
 
 def _check_shape(input_shape: Any) -> tuple[int, ...]:

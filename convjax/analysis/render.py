@@ -64,7 +64,7 @@ def _cell(row: LayerRow | None, key: str, total: dict | None = None) -> str:
             return ""
         v = total[key]
     elif key == "text":
-        v = row.text
+        v = f"{row.path}: {row.text}" if row.path else row.text
         return v if len(v) <= _TEXT_WIDTH else v[:_TEXT_WIDTH - 3] + "..."
     elif key == "output":
         return "x".join(str(d) for d in row.output_shape)
@@ -139,7 +139,7 @@ def markdown(analysis: Analysis, *, with_sentences: bool = True) -> str:
 
 
 def _row_dict(row: LayerRow) -> dict[str, Any]:
-    d = {"index": row.index, "name": row.name, "spec": row.text,
+    d = {"index": row.index, "name": row.name, "spec": row.text, "path": row.path,
          "input_shape": list(row.input_shape), "output_shape": list(row.output_shape),
          "filter_shape": row.filter_shape}
     for k in NUMERIC_KEYS:

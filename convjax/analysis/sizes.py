@@ -20,8 +20,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import flax.linen as nn
+
 from convjax.analysis import core
 from convjax.analysis import specs as S
+from convjax.analysis.model import analyze_model
 from convjax.analysis.render import shape_name
 
 __all__ = ["fully_convolutional", "SizeReport", "input_size_report"]
@@ -136,10 +139,12 @@ class SizeReport:
         return out
 
 
-def input_size_report(layers: Sequence[S.LayerSpec] | str,
+def input_size_report(layers: Sequence[S.LayerSpec] | str | nn.Module,
                       input_shapes: Sequence[Sequence[int]], *, batch: int = 1,
                       dtype="float32") -> SizeReport:
-    """Analyze ``layers`` at several input shapes and say what changes and why.
+    """Analyze ``layers`` (specs, a spec string or a linen model) at several input shapes
+    and say what changes and why. The fully convolutional stack is proposed for specs
+    only (a model's graph need not be a chain).
 
     >>> r = input_size_report("conv2d(4, 3); flatten; dense(10)", [(8, 8, 1), (10, 12, 1)])
     >>> r.changes
@@ -147,8 +152,14 @@ def input_size_report(layers: Sequence[S.LayerSpec] | str,
     >>> r.fcn_outputs
     ((1, 1, 10), (3, 5, 10))
     """
-    specs = _as_specs(layers)
-    analyses = tuple(core.analyze(specs, s, batch=batch, dtype=dtype) for s in input_shapes)
+    if isinstance(layers, nn.Module):
+        specs = None
+        analyses = tuple(analyze_model(layers, s, batch=batch, dtype=dtype)
+                         for s in input_shapes)
+    else:
+        specs = _as_specs(layers)
+        analyses = tuple(core.analyze(specs, s, batch=batch, dtype=dtype)
+                         for s in input_shapes)
     changes = []
     for rows in zip(*(a.rows for a in analyses)):
         for pname in rows[0].param_shapes:
@@ -156,7 +167,7 @@ def input_size_report(layers: Sequence[S.LayerSpec] | str,
             if len(set(shapes)) > 1:
                 changes.append((rows[0].index, rows[0].text, pname, shapes))
     fcn, outputs = None, ()
-    if changes:
+    if changes and specs is not None:
         try:
             fcn = fully_convolutional(specs, analyses[0].input_shape)
         except ValueError:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from convjax.analysis import core
 from convjax.analysis import specs as S
+from convjax.analysis.model import analyze_model
 
 __all__ = ["XlaFlops", "xla_flops", "compiled_flops"]
 
@@ -105,7 +107,7 @@ def _train_macs(analysis: core.Analysis) -> int:
     return macs
 
 
-def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis,
+def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module,
               input_shape: Sequence[int] | None = None, *, batch: int = 8,
               dtype: Any = jnp.float32) -> XlaFlops:
     """Lower one forward pass and one training step with ``jax.jit`` and compare FLOPs.
@@ -114,8 +116,9 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis,
     (``jax.ShapeDtypeStruct``), so this is cheap for any size.
 
     Args:
-      layers: specs, a spec string, or an :class:`~convjax.analysis.Analysis` (then
-        ``input_shape`` and ``batch`` come from it).
+      layers: specs, a spec string, an :class:`~convjax.analysis.Analysis` of specs (then
+        ``input_shape`` and ``batch`` come from it), or a Flax linen model built from
+        :mod:`convjax.layers` (lowered with ``model.apply`` in inference mode).
       input_shape: one example's shape, ``(H, W, C)``.
       batch: examples per batch.
       dtype: parameter and activation dtype.
@@ -124,6 +127,8 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis,
     >>> r.flops, r.predicted, int(r.xla)
     (7077888, 7062272, 7062272)
     """
+    if isinstance(layers, nn.Module):
+        return _model_flops(layers, input_shape, batch, dtype)
     if isinstance(layers, core.Analysis):
         analysis = layers
     else:
@@ -143,8 +148,31 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis,
 
     xla = compiled_flops(fwd, params, state, x)
     train = compiled_flops(jax.value_and_grad(loss), params, state, x)
+    return _result(analysis, xla, train)
+
+
+def _result(analysis: core.Analysis, xla: float, train: float) -> XlaFlops:
     tot = analysis.total()
     pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
     return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
                     predicted=tot["flops"] - pad + bias, xla=xla,
                     train_flops=2 * _train_macs(analysis), train_xla=train)
+
+
+def _model_flops(model: nn.Module, input_shape, batch: int, dtype) -> XlaFlops:
+    if input_shape is None:
+        raise TypeError("xla_flops: input_shape is required with a model")
+    analysis = analyze_model(model, input_shape, batch=batch, dtype=dtype)
+    x = jax.ShapeDtypeStruct((batch, *analysis.input_shape), dtype)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def fwd(params, rest, x):
+        return model.apply({"params": params, **rest}, x)
+
+    def loss(params, rest, x):
+        return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
+
+    return _result(analysis, compiled_flops(fwd, params, rest, x),
+                   compiled_flops(jax.value_and_grad(loss), params, rest, x))

@@ -1,0 +1,121 @@
+"""The tables of a Flax model: the same rows as a spec list, from the layers it calls.
+
+:func:`analyze_model` runs ``model.init`` under ``jax.eval_shape`` (nothing is computed)
+with :func:`flax.linen.intercept_methods`, and records every call of a module that can
+describe itself (``describe(input_shape) -> LayerSpec``, as every
+:mod:`convjax.layers` module does) with its input and output shapes. Each call then
+becomes a row through the very function that builds the rows of a spec list, so a model
+and its spec string give the same table.
+
+Receptive fields follow the data: a layer's input is matched to the layer output it is
+(by identity). A value made outside the layers (an activation, a residual sum) gets the
+widest field among the recorded outputs of its shape, which is right for ``relu(conv(x))``
+and for ``main(x) + shortcut(x)`` (the sum sees what its widest branch sees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from convjax.analysis import core
+
+__all__ = ["analyze_model", "trace_layers"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    path: str
+    module: Any
+    x: Any
+    y: Any
+
+
+def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = jnp.float32,
+                 **call_kwargs) -> list[_Call]:
+    """Record the describable layer calls of ``model.init`` on one example (shapes only).
+
+    The first record is the model's own call (``path`` ""): its ``x`` is the input.
+    """
+    calls: list[_Call] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if not calls and context.method_name == "__call__" and args:
+            calls.append(_Call("", module, args[0], None))
+        y = next_fun(*args, **kwargs)
+        if (context.method_name == "__call__" and hasattr(module, "describe") and args
+                and hasattr(args[0], "shape") and hasattr(y, "shape")):
+            calls.append(_Call("/".join(module.path), module, args[0], y))
+        return y
+
+    key = jax.random.key(0)
+
+    def init(x):
+        with nn.intercept_methods(interceptor):
+            model.init({"params": key, "dropout": key}, x, **call_kwargs)
+        return ()
+
+    jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    return calls
+
+
+def analyze_model(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1,
+                  dtype: Any = "float32", **call_kwargs) -> core.Analysis:
+    """Per-layer table of a Flax linen model on inputs of ``input_shape`` (no batch axis).
+
+    Rows are the :mod:`convjax.layers` calls in the order the model makes them; extra
+    keyword arguments go to the model's ``__call__`` (e.g. ``train=False``).
+
+    >>> from convjax import layers
+    >>> class Tiny(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         x = jax.nn.relu(layers.Conv(8, (3, 3))(x))
+    ...         return layers.Dense(10)(layers.Flatten()(x))
+    >>> a = analyze_model(Tiny(), (28, 28, 1))
+    >>> [(r.path, r.name, r.output_shape, r.params) for r in a.rows]
+    [('Conv_0', 'conv2d', (28, 28, 8), 80), ('Flatten_0', 'flatten', (6272,), 0), \
+('Dense_0', 'dense', (10,), 62730)]
+    """
+    shape = core._check_shape(input_shape)
+    itemsize = jnp.dtype(dtype).itemsize
+    top, *calls = trace_layers(model, shape, **call_kwargs)
+    start = core._Field([Fraction(1)] * (len(shape) - 1), [Fraction(1)] * (len(shape) - 1))
+    fields: dict[int, tuple[core._Field, tuple[int, ...]]] = {id(top.x): (start, shape)}
+    order: list[tuple[core._Field, tuple[int, ...]]] = []
+    rows = []
+    for index, call in enumerate(calls, start=1):
+        in_shape = tuple(int(v) for v in call.x.shape[1:])
+        out_shape = tuple(int(v) for v in call.y.shape[1:])
+        field = _field_for(call.x, in_shape, fields, order)
+        spec = call.module.describe(in_shape)
+        rows.append(core._row(index, spec, in_shape, out_shape, field, int(batch), itemsize,
+                              path=call.path))
+        fields[id(call.y)] = (field, out_shape)
+        order.append((field, out_shape))
+    return core.Analysis(input_shape=shape, batch=int(batch), dtype=str(jnp.dtype(dtype)),
+                         rows=tuple(rows))
+
+
+def _copy(field: core._Field) -> core._Field:
+    return dataclasses.replace(field, rf=list(field.rf), jump=list(field.jump))
+
+
+def _field_for(x, in_shape, fields, order) -> core._Field:
+    """The receptive field of a layer's input ``x`` (see the module docstring)."""
+    spatial = max(len(in_shape) - 1, 0)
+    if id(x) in fields:
+        return _copy(fields[id(x)][0])
+    same = [f for f, s in order if s == in_shape]
+    if same:
+        return _copy(max(reversed(same), key=lambda f: tuple(f.rf)))
+    if order and len(order[-1][0].rf) == spatial:
+        return _copy(order[-1][0])
+    # the model's input (or a reshaped value with no recorded layer of its rank)
+    return core._Field([Fraction(1)] * spatial, [Fraction(1)] * spatial)
