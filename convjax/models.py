@@ -217,9 +217,21 @@ def _num(v: float) -> str:
 
 
 class ConvNet(nn.Module):
-    """The configurable CNN of :class:`CNNConfig` (see its fields)."""
+    """The configurable CNN of :class:`CNNConfig` (see its fields).
+
+    The config is the one place its settings live; ``padding`` and ``num_classes`` read
+    through to it, so every model answers ``model.padding`` and ``model.num_classes``.
+    """
 
     config: CNNConfig = CNNConfig()
+
+    @property
+    def padding(self) -> str:
+        return self.config.padding
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -37,6 +37,9 @@ def test_fixed_models_by_hand():
     assert _params(models.TFTutorialCNN(padding="VALID")) == tf_valid
     assert models.parse("tf-tutorial-valid") == models.FixedConfig("tf-tutorial", "VALID")
     assert models.get("tf-tutorial-c100").num_classes == 100
+    for model in (models.FlaxExampleCNN(), models.TFTutorialCNN(), models.ConvNet()):
+        assert (model.padding, model.num_classes) == ("SAME", 10)
+    assert models.get("plain-k3-w8-valid-c3").padding == "VALID"
 
 
 CONFIGS = [
