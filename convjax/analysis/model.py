@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from flax import nnx
 import jax.numpy as jnp
 
 from convjax.analysis import core
@@ -65,12 +66,52 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = j
     return calls
 
 
-def analyze_model(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1,
-                  dtype: Any = "float32", **call_kwargs) -> core.Analysis:
-    """Per-layer table of a Flax linen model on inputs of ``input_shape`` (no batch axis).
+def _trace_nnx(model, input_shape, dtype, **call_kwargs) -> list[_Call]:
+    """As :func:`trace_layers`, for a Flax NNX model: run a copy in eval mode under
+    ``jax.eval_shape``, with the ``__call__`` of every describable layer class wrapped
+    for the duration."""
+    calls: list[_Call] = []
+    paths: dict[int, str] = {}
+    classes = {type(m) for _, m in nnx.iter_modules(model) if hasattr(m, "describe")}
+    originals = {cls: cls.__call__ for cls in classes}
 
-    Rows are the :mod:`convjax.layers` calls in the order the model makes them; extra
-    keyword arguments go to the model's ``__call__`` (e.g. ``train=False``).
+    def wrap(original):
+        def call(self, x, *args, **kwargs):
+            y = original(self, x, *args, **kwargs)
+            if hasattr(x, "shape") and hasattr(y, "shape"):
+                calls.append(_Call(paths.get(id(self), ""), self, x, y))
+            return y
+        return call
+
+    graphdef, state = nnx.split(model)
+
+    def run(state, x):
+        copy = nnx.merge(graphdef, state)
+        copy.eval()
+        paths.update({id(m): "/".join(str(p) for p in path)
+                      for path, m in nnx.iter_modules(copy)})
+        calls.append(_Call("", copy, x, None))
+        copy(x, **call_kwargs)
+        return ()
+
+    try:
+        for cls in classes:
+            cls.__call__ = wrap(originals[cls])
+        jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    finally:
+        for cls, original in originals.items():
+            cls.__call__ = original
+    return calls
+
+
+def analyze_model(model: Any, input_shape: Sequence[int], *, batch: int = 1,
+                  dtype: Any = "float32", **call_kwargs) -> core.Analysis:
+    """Per-layer table of a Flax model (linen or NNX) on inputs of ``input_shape``.
+
+    Rows are the calls of :mod:`convjax.layers` / :mod:`convjax.nnx` layers (anything
+    with a ``describe`` method) in the order the model makes them; extra keyword
+    arguments go to the model's ``__call__`` (e.g. ``train=False``). An NNX model is
+    traced on a copy in eval mode; the model itself is not changed.
 
     >>> from convjax import layers
     >>> class Tiny(nn.Module):
@@ -85,7 +126,13 @@ def analyze_model(model: nn.Module, input_shape: Sequence[int], *, batch: int = 
     """
     shape = core._check_shape(input_shape)
     itemsize = jnp.dtype(dtype).itemsize
-    top, *calls = trace_layers(model, shape, **call_kwargs)
+    if isinstance(model, nn.Module):
+        top, *calls = trace_layers(model, shape, **call_kwargs)
+    elif isinstance(model, nnx.Module):
+        top, *calls = _trace_nnx(model, shape, jnp.float32, **call_kwargs)
+    else:
+        raise TypeError(f"analyze_model: expected a flax.linen or flax.nnx Module, got "
+                        f"{type(model).__name__}")
     start = core._Field([Fraction(1)] * (len(shape) - 1), [Fraction(1)] * (len(shape) - 1))
     fields: dict[int, tuple[core._Field, tuple[int, ...]]] = {id(top.x): (start, shape)}
     order: list[tuple[core._Field, tuple[int, ...]]] = []

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from flax import nnx
 import jax.numpy as jnp
 
 from convjax.analysis import core
@@ -107,7 +108,7 @@ def _train_macs(analysis: core.Analysis) -> int:
     return macs
 
 
-def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module,
+def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module | nnx.Module,
               input_shape: Sequence[int] | None = None, *, batch: int = 8,
               dtype: Any = jnp.float32) -> XlaFlops:
     """Lower one forward pass and one training step with ``jax.jit`` and compare FLOPs.
@@ -117,8 +118,8 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module,
 
     Args:
       layers: specs, a spec string, an :class:`~convjax.analysis.Analysis` of specs (then
-        ``input_shape`` and ``batch`` come from it), or a Flax linen model built from
-        :mod:`convjax.layers` (lowered with ``model.apply`` in inference mode).
+        ``input_shape`` and ``batch`` come from it), or a Flax linen or NNX model built
+        from :mod:`convjax.layers` / :mod:`convjax.nnx` (lowered in inference mode).
       input_shape: one example's shape, ``(H, W, C)``.
       batch: examples per batch.
       dtype: parameter and activation dtype.
@@ -129,6 +130,8 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module,
     """
     if isinstance(layers, nn.Module):
         return _model_flops(layers, input_shape, batch, dtype)
+    if isinstance(layers, nnx.Module):
+        return _nnx_flops(layers, input_shape, batch, dtype)
     if isinstance(layers, core.Analysis):
         analysis = layers
     else:
@@ -170,6 +173,25 @@ def _model_flops(model: nn.Module, input_shape, batch: int, dtype) -> XlaFlops:
 
     def fwd(params, rest, x):
         return model.apply({"params": params, **rest}, x)
+
+    def loss(params, rest, x):
+        return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
+
+    return _result(analysis, compiled_flops(fwd, params, rest, x),
+                   compiled_flops(jax.value_and_grad(loss), params, rest, x))
+
+
+def _nnx_flops(model: nnx.Module, input_shape, batch: int, dtype) -> XlaFlops:
+    if input_shape is None:
+        raise TypeError("xla_flops: input_shape is required with a model")
+    analysis = analyze_model(model, input_shape, batch=batch, dtype=dtype)
+    x = jax.ShapeDtypeStruct((batch, *analysis.input_shape), dtype)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def fwd(params, rest, x):
+        copy = nnx.merge(graphdef, params, rest)
+        copy.eval()
+        return copy(x)
 
     def loss(params, rest, x):
         return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
