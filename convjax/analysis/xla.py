@@ -34,7 +34,7 @@ from convjax.analysis import core
 from convjax.analysis import specs as S
 from convjax.analysis.model import analyze_model
 
-__all__ = ["XlaFlops", "xla_flops", "compiled_flops"]
+__all__ = ["XlaFlops", "xla_flops", "compiled_flops", "train_macs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,9 @@ def compiled_flops(fn, *args) -> float:
     return float(cost["flops"])
 
 
-def _train_macs(analysis: core.Analysis) -> int:
+def train_macs(analysis: core.Analysis) -> int:
+    """MACs of one training step: forward, kernel gradients, and input gradients for
+    every layer after the first one with weights (see the module docstring)."""
     macs = 3 * sum(r.macs for r in analysis.rows)
     for r in analysis.rows:  # no input gradient up to the first layer with weights
         macs -= r.macs
@@ -159,7 +161,7 @@ def _result(analysis: core.Analysis, xla: float, train: float) -> XlaFlops:
     pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
     return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
                     predicted=tot["flops"] - pad + bias, xla=xla,
-                    train_flops=2 * _train_macs(analysis), train_xla=train)
+                    train_flops=2 * train_macs(analysis), train_xla=train)
 
 
 def _model_flops(model: nn.Module, input_shape, batch: int, dtype) -> XlaFlops:

@@ -1,0 +1,191 @@
+"""convjax.train and experiments.train: small models, few steps, real MNIST slices."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from convjax import data, models
+from convjax import train as T
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST at {MNIST_DIR}")
+TINY = "plain-k3-w8-h32"
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"no MNIST at {MNIST_DIR}")
+    train = data.load("mnist", "train", data_dir=MNIST_DIR)
+    test = data.load("mnist", "test", data_dir=MNIST_DIR)
+    return (data.Split(train.images[:1024], train.labels[:1024]),
+            data.Split(test.images[:300], test.labels[:300]))
+
+
+def _run(mnist, tmp_path=None, **kw):
+    config = T.TrainConfig(**{"model": TINY, "epochs": 2, "batch_size": 64, **kw})
+    return T.train_and_evaluate(config, train_split=mnist[0], test_split=mnist[1],
+                                output_dir=str(tmp_path) if tmp_path else None,
+                                progress=None)
+
+
+def test_trains_and_writes_metrics(mnist, tmp_path):
+    (tmp_path / "notes.txt").write_text("not ours")
+    lines = []
+    config = T.TrainConfig(model=TINY, epochs=2, batch_size=64)
+    result = T.train_and_evaluate(config, train_split=mnist[0], test_split=mnist[1],
+                                  output_dir=str(tmp_path), progress=lines.append)
+    first, last = result.epochs
+    assert last["train_loss"] < first["train_loss"] < 2.3
+    assert last["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert len(lines) == 2 and lines[1].startswith(f"{TINY} epoch 2/2: train loss ")
+    assert "images/s, ETA" in lines[0]
+    assert (tmp_path / "notes.txt").read_text() == "not ours"
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_accuracy"] == \
+        last["test_accuracy"]
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_images_per_second", "compile_seconds",
+                "train_seconds", "params", "flops_per_image", "devices", "xla_flags",
+                "jax_version"):
+        assert key in summary, key
+    assert summary["test_accuracy"] == [last["test_accuracy"]]
+    assert summary["accuracy_unit"] == "fraction"
+    model = models.get(TINY)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert summary["params"] == sum(p.size for p in jax.tree.leaves(v["params"]))
+    assert summary["flops_per_image"] > 0
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(mnist):
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    a, b = _run(mnist, seed=3), _run(mnist, seed=3)
+    c = _run(mnist, seed=4)
+    assert [[e[k] for k in keys] for e in a.epochs] == [[e[k] for k in keys] for e in b.epochs]
+    assert [e["train_loss"] for e in a.epochs] != [e["train_loss"] for e in c.epochs]
+    for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nan_loss_stops_with_a_clear_message(mnist):
+    with pytest.raises(FloatingPointError, match=r"^train: the loss is (nan|inf) at epoch 1, "
+                                                 r"step \d+ of 16; last finite loss: "):
+        _run(mnist, learning_rate=1e12, schedule="constant", momentum=0.0)
+
+
+def test_evaluation_counts_every_image_once(mnist):
+    model = models.get(TINY)
+    v = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))
+    images, labels = jnp.asarray(mnist[1].images), jnp.asarray(mnist[1].labels)
+    loss, acc = T.make_evaluate(model, 128, 300)(v["params"], {}, images, labels)
+    logits = model.apply(v, images.astype(jnp.float32) / 255)
+    want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    want_acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    assert float(acc) == pytest.approx(float(want_acc), abs=1e-7)
+
+
+def test_schedules():
+    cfg = T.TrainConfig(epochs=2, learning_rate=0.1, warmup_epochs=0.5)
+    steps = 100
+    warm = T.make_schedule(cfg, steps)
+    assert float(warm(0)) == 0.0 and float(warm(50)) == pytest.approx(0.1)
+    assert float(warm(200)) == pytest.approx(0.0, abs=1e-7)
+    const = T.make_schedule(T.TrainConfig(schedule="constant", learning_rate=0.3), steps)
+    assert float(const(0)) == float(const(299)) == pytest.approx(0.3)
+    cos = T.make_schedule(T.TrainConfig(schedule="cosine", epochs=1, learning_rate=0.2), steps)
+    assert float(cos(0)) == pytest.approx(0.2) and float(cos(50)) == pytest.approx(0.1)
+    one = T.make_schedule(T.TrainConfig(schedule="one_cycle", epochs=1, learning_rate=0.2),
+                          steps)
+    peak = max(float(one(i)) for i in range(100))
+    assert peak == pytest.approx(0.2, rel=1e-3) and float(one(0)) < 0.02
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("sgd", 0.0), ("sgd", 1e-4),
+                                                    ("adam", 0.0), ("adamw", 1e-4),
+                                                    ("adadelta", 0.0)])
+def test_every_optimizer_trains(mnist, optimizer, weight_decay):
+    lr = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}[optimizer]
+    r = _run(mnist, optimizer=optimizer, weight_decay=weight_decay, learning_rate=lr,
+             epochs=1)
+    assert np.isfinite(r.epochs[0]["train_loss"]) and r.epochs[0]["train_loss"] < 2.3
+
+
+def test_batch_norm_and_dropout_models_train(mnist):
+    r = _run(mnist, model="plain-k3-w8-bn-do0.25-h32", epochs=1)
+    assert r.state.batch_stats  # running statistics are carried through the epoch
+    mean = jax.tree.leaves(r.state.batch_stats)[0]
+    assert not np.allclose(np.asarray(mean), 0.0)
+    assert r.epochs[0]["test_accuracy"] > 0.3
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="TrainConfig: optimizer must be one of"):
+        T.TrainConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        T.TrainConfig(model="resnet")
+    with pytest.raises(ValueError, match="batch_size=4096 is larger than the 1024"):
+        T.make_train_epoch(models.get(TINY), optax.sgd(0.1), 4096, 1024)
+
+
+def test_default_xla_flags(monkeypatch):
+    from jax._src import xla_bridge
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert T.default_xla_flags() is None  # the backend is up in this process: too late
+    monkeypatch.setattr(xla_bridge, "_backends", {})
+    assert T.default_xla_flags(enable=False) is None
+    assert T.default_xla_flags() == T.YNN_FLAG and os.environ["XLA_FLAGS"] == T.YNN_FLAG
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert T.default_xla_flags() is None
+    monkeypatch.setenv("XLA_FLAGS", "--foo")
+    monkeypatch.setattr(T, "_jaxlib_version", lambda: (0, 9, 0))
+    assert T.default_xla_flags() is None and os.environ["XLA_FLAGS"] == "--foo"
+
+
+_SNIPPET = """
+import json, sys
+from convjax import data, train
+tr = data.load("mnist", "train", data_dir=sys.argv[1])
+te = data.load("mnist", "test", data_dir=sys.argv[1])
+tr, te = data.Split(tr.images[:512], tr.labels[:512]), data.Split(te.images[:200], te.labels[:200])
+r = train.train_and_evaluate(train.TrainConfig(model="plain-k3-w8-h32", epochs=1,
+                             batch_size=64), train_split=tr, test_split=te, progress=None)
+print(json.dumps([r.epochs[0]["train_loss"], r.epochs[0]["test_loss"]]))
+"""
+
+
+@needs_mnist
+def test_the_cpu_xla_flag_does_not_change_results():
+    out = {}
+    for name, flags in (("stock", ""), ("ynn_off", T.YNN_FLAG)):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        p = subprocess.run([sys.executable, "-c", _SNIPPET, str(MNIST_DIR)], env=env,
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        out[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["stock"], out["ynn_off"], rtol=1e-4)
+
+
+@needs_mnist
+def test_the_command_writes_metrics(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.run([sys.executable, "-m", "experiments.train", f"--model={TINY}",
+                        "--epochs=1", "--batch_size=128", "--train_examples=2048",
+                        f"--data_dir={MNIST_DIR}", f"--output_dir={tmp_path}"],
+                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"{TINY}: test accuracy " in p.stdout
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["xla_flags"] == T.YNN_FLAG
+    assert summary["config"]["train_examples"] == 2048
+    assert "epoch 1/1: train loss" in p.stderr
