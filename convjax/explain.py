@@ -87,7 +87,13 @@ def explain(layers: Any, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
         raise UsageError(f"--batch={batch}: must be >= 1")
     if isinstance(layers, str):
         layers = A.parse_layers(layers)
-    report = A.input_size_report(layers, inputs, batch=batch, dtype=dtype)
+    try:
+        report = A.input_size_report(layers, inputs, batch=batch, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        if isinstance(layers, nn.Module) and not isinstance(e, A.SpecError):
+            given = " ".join("--input=" + ",".join(map(str, i)) for i in inputs)
+            raise UsageError(f"the model cannot take {given}: {e}") from None
+        raise
     if not xla:
         checks = []
     elif isinstance(layers, nn.Module):

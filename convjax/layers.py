@@ -10,7 +10,17 @@ those of ``Dense`` and ``BatchNorm`` (``batch_stats`` ``mean``/``var``).
 
 Every layer also describes itself to :mod:`convjax.analysis` (``describe(input_shape)``
 returns a layer spec), so :func:`convjax.analysis.analyze_model` tabulates a model built
-from these layers with the same code that tabulates a spec string.
+from these layers with the same code that tabulates a spec string. Pooling and flatten
+are modules here (``MaxPool``, ``Flatten``...) so that the tables see them; the plain
+functions are :func:`convjax.max_pool` and friends.
+
+Where we differ from ``flax.linen`` on purpose: ``MaxPool``/``AvgPool`` default their
+stride to the window (Keras, PyTorch; ``nn.max_pool`` defaults to 1) and ``AvgPool``
+does not count padded cells (``count_include_pad=False``, TensorFlow's SAME); every op
+needs a batch axis; ``ConvTranspose`` is the exact adjoint of a conv
+(``nn.ConvTranspose(transpose_kernel=True)``); no ``precision``, ``input_dilation``,
+``mask``, ``broadcast_dims`` or ``axis`` fields, and padding has no ``CAUSAL`` or
+``REFLECT`` form.
 
 >>> import jax, jax.numpy as jnp
 >>> conv = Conv(features=32, kernel_size=(3, 3))
@@ -34,12 +44,7 @@ from convjax.analysis import specs as S
 
 __all__ = ["Conv", "Pointwise", "DepthwiseConv", "SeparableConv", "ConvTranspose", "Dense",
            "BatchNorm", "Dropout", "MaxPool", "AvgPool", "GlobalAvgPool", "GlobalMaxPool",
-           "Flatten", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
-           "flatten"]
-
-# Pooling and flatten as functions, for code that does not need them in the tables.
-max_pool, avg_pool = F.max_pool, F.avg_pool
-global_avg_pool, global_max_pool, flatten = F.global_avg_pool, F.global_max_pool, F.flatten
+           "Flatten"]
 
 Initializer = Callable[..., jax.Array]
 Dtype = Any
@@ -60,13 +65,27 @@ def _kernel_size(kernel_size: Any) -> tuple[int, ...]:
     return (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
 
 
-def _param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype: Dtype):
-    """``module.param``, except that existing params are returned as they are, so that a
-    mismatched input gets the functional op's error (naming layouts and channels) instead
-    of Flax's shape error for the parameter."""
-    if module.has_variable("params", name):
-        return module.get_variable("params", name)
-    return module.param(name, init, shape, dtype)
+def _param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype: Dtype,
+           free: tuple[int, ...] = ()):
+    """``module.param`` with the layer's own check of existing params.
+
+    Axes in ``free`` follow the input's channels: a mismatch there is left to the
+    functional op, whose error names the layout and gives the NCHW hint. Any other
+    mismatch (another window size or feature count than the layer's settings) raises
+    here, as ``flax.linen`` does.
+    """
+    if not module.has_variable("params", name):
+        return module.param(name, init, shape, dtype)
+    value = module.get_variable("params", name)
+    have = tuple(jnp.shape(value))
+    free = {a % len(shape) for a in free}
+    if len(have) != len(shape) or any(h != w for i, (h, w) in enumerate(zip(have, shape))
+                                      if i not in free):
+        raise ValueError(
+            f"{type(module).__name__} {'/'.join(module.path) or '(top)'}: param {name!r} has "
+            f"shape {have}, but this layer's settings give {shape} (axes that follow the "
+            f"input channels may differ); the params belong to another layer")
+    return value
 
 
 def _window(window: Any) -> Any:
@@ -104,7 +123,7 @@ class Conv(nn.Module):
         in_per_group = c // groups if isinstance(groups, int) and groups > 0 and c % groups == 0 \
             else c
         kernel = _param(self, "kernel", self.kernel_init, (*k, in_per_group, self.features),
-                            self.param_dtype)
+                        self.param_dtype, free=(-2,))
         bias = (_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -135,7 +154,8 @@ class Pointwise(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         rank = max(jnp.ndim(x) - 2, 1)
         kernel = _param(self, "kernel", self.kernel_init,
-                            (*(1,) * rank, jnp.shape(x)[-1], self.features), self.param_dtype)
+                        (*(1,) * rank, jnp.shape(x)[-1], self.features), self.param_dtype,
+                        free=(-2,))
         bias = (_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -166,8 +186,9 @@ class DepthwiseConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = _kernel_size(self.kernel_size)
         cm = jnp.shape(x)[-1] * self.depth_multiplier
-        kernel = _param(self, "kernel", self.kernel_init, (*k, 1, cm), self.param_dtype)
-        bias = (_param(self, "bias", self.bias_init, (cm,), self.param_dtype)
+        kernel = _param(self, "kernel", self.kernel_init, (*k, 1, cm), self.param_dtype,
+                        free=(-1,))
+        bias = (_param(self, "bias", self.bias_init, (cm,), self.param_dtype, free=(0,))
                 if self.use_bias else None)
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return F.depthwise_conv(x, kernel, bias, stride=_tuple(self.strides, len(k)),
@@ -202,9 +223,10 @@ class SeparableConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = _kernel_size(self.kernel_size)
         cm = jnp.shape(x)[-1] * self.depth_multiplier
-        dw = _param(self, "depthwise_kernel", self.kernel_init, (*k, 1, cm), self.param_dtype)
+        dw = _param(self, "depthwise_kernel", self.kernel_init, (*k, 1, cm), self.param_dtype,
+                    free=(-1,))
         pw = _param(self, "pointwise_kernel", self.kernel_init, (cm, self.features),
-                        self.param_dtype)
+                    self.param_dtype, free=(0,))
         bias = (_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, dw, pw, bias = dtypes.promote_dtype(x, dw, pw, bias, dtype=self.dtype)
@@ -244,7 +266,7 @@ class ConvTranspose(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = _kernel_size(self.kernel_size)
         kernel = _param(self, "kernel", self.kernel_init, (*k, self.features, jnp.shape(x)[-1]),
-                            self.param_dtype)
+                        self.param_dtype, free=(-1,))
         bias = (_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -273,7 +295,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = _param(self, "kernel", self.kernel_init, (jnp.shape(x)[-1], self.features),
-                            self.param_dtype)
+                        self.param_dtype, free=(0,))
         bias = (_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -306,11 +328,11 @@ class BatchNorm(nn.Module):
         c = jnp.shape(x)[-1]
         mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        scale = (_param(self, "scale", self.scale_init, (c,), self.param_dtype)
+        scale = (_param(self, "scale", self.scale_init, (c,), self.param_dtype, free=(0,))
                  if self.use_scale else jnp.ones((c,), self.param_dtype))
-        bias = (_param(self, "bias", self.bias_init, (c,), self.param_dtype)
+        bias = (_param(self, "bias", self.bias_init, (c,), self.param_dtype, free=(0,))
                 if self.use_bias else jnp.zeros((c,), self.param_dtype))
-        (x,) = dtypes.promote_dtype(x, dtype=self.dtype)
+        x, scale, bias = dtypes.promote_dtype(x, scale, bias, dtype=self.dtype)
         y, new = F.batch_norm({"scale": scale, "bias": bias},
                               {"mean": mean.value, "var": var.value}, x,
                               training=not use_ra, momentum=self.momentum,

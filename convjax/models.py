@@ -35,6 +35,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from convjax import layers as Lyr
 
@@ -143,7 +144,8 @@ class CNNConfig:
              f"widths must be one or more positive ints, got {self.widths!r}"),
             (_pos_int(self.reduce), f"reduce must be a positive int, got {self.reduce!r}"),
             (_pos_int(self.depth), f"depth must be a positive int, got {self.depth!r}"),
-            (isinstance(self.width_multiplier, (int, float)) and self.width_multiplier > 0,
+            (isinstance(self.width_multiplier, (int, float))
+             and not isinstance(self.width_multiplier, bool) and self.width_multiplier > 0,
              f"width_multiplier must be > 0, got {self.width_multiplier!r}"),
             (self.pool in ("max", "avg", "none"),
              f"pool must be 'max', 'avg' or 'none', got {self.pool!r}"),
@@ -151,8 +153,12 @@ class CNNConfig:
              f"dropout must be in [0, 1), got {self.dropout!r}"),
             (self.head in ("dense", "conv"), f"head must be 'dense' or 'conv', got "
                                              f"{self.head!r}"),
-            (isinstance(self.hidden, int) and self.hidden >= 0,
-             f"hidden must be an int >= 0, got {self.hidden!r}"),
+            (isinstance(self.hidden, int) and not isinstance(self.hidden, bool)
+             and self.hidden >= 0, f"hidden must be an int >= 0, got {self.hidden!r}"),
+            (isinstance(self.residual, bool), f"residual must be a bool, got "
+                                              f"{self.residual!r}"),
+            (isinstance(self.batch_norm, bool), f"batch_norm must be a bool, got "
+                                                f"{self.batch_norm!r}"),
             (self.padding in ("SAME", "VALID"),
              f"padding must be 'SAME' or 'VALID', got {self.padding!r}"),
             (_pos_int(self.num_classes), f"num_classes must be a positive int, got "
@@ -213,7 +219,8 @@ def _pos_int(v: Any) -> bool:
 
 
 def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else repr(float(v))
+    """A float as plain decimals (never an exponent), so that ids parse back."""
+    return np.format_float_positional(float(v), trim="-")
 
 
 class ConvNet(nn.Module):
@@ -348,8 +355,20 @@ _FLAGS = {"res": ("residual", True), "bn": ("batch_norm", True), "valid": ("padd
 def parse(model_id: str) -> "CNNConfig | FixedConfig":
     """The config of a model id; ``parse(config.id) == config`` for every config.
 
-    Raises ``ValueError`` naming the part of the id it cannot read.
+    Only canonical ids are accepted (each config has exactly one id, so runs named by id
+    never collide): ``plain-w32.64`` is refused with its canonical form
+    ``plain-k3-w32.64`` in the message. Raises ``ValueError`` naming the part of the id
+    it cannot read.
     """
+    config = _parse(model_id)
+    if config.id != model_id:
+        raise ValueError(f"parse: {model_id!r} is not a canonical model id; write "
+                         f"{config.id!r} (block, k<kernel> or n<depth>, w<widths>, then only "
+                         f"the fields that differ from the defaults, in a fixed order)")
+    return config
+
+
+def _parse(model_id: str) -> "CNNConfig | FixedConfig":
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"parse: a model id is a non-empty string, got {model_id!r}")
     known = ("flax-example, tf-tutorial (and -valid twins), or <block>-... with block one "

@@ -265,6 +265,7 @@ class BatchNorm(nnx.Module):
         self.num_features = num_features
         self.use_running_average = use_running_average
         self.momentum, self.epsilon, self.dtype = momentum, epsilon, dtype
+        self.param_dtype = param_dtype
         self.use_bias, self.use_scale, self.axis_name = use_bias, use_scale, axis_name
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
@@ -272,16 +273,17 @@ class BatchNorm(nnx.Module):
                       if use_scale else nnx.data(None))
         self.bias = _bias(use_bias, bias_init, rngs, num_features, param_dtype)
 
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         use_ra = self.use_running_average if use_running_average is None \
             else use_running_average
         if use_ra is None:
             raise ValueError("BatchNorm: use_running_average is None; pass it to the "
                              "constructor or the call, or use model.train() / model.eval()")
         c = self.num_features
-        params = {"scale": jnp.ones((c,)) if self.scale is None else self.scale[...],
-                  "bias": jnp.zeros((c,)) if self.bias is None else self.bias[...]}
-        (x,) = dtypes.promote_dtype((x,), dtype=self.dtype)
+        scale = jnp.ones((c,), self.param_dtype) if self.scale is None else self.scale[...]
+        bias = jnp.zeros((c,), self.param_dtype) if self.bias is None else self.bias[...]
+        x, scale, bias = dtypes.promote_dtype((x, scale, bias), dtype=self.dtype)
+        params = {"scale": scale, "bias": bias}
         y, new = F.batch_norm(params, {"mean": self.mean[...], "var": self.var[...]}, x,
                               training=not use_ra, momentum=self.momentum,
                               epsilon=self.epsilon, axis_name=self.axis_name)

@@ -162,6 +162,9 @@ def test_model_ids_are_explained_like_spec_strings(capsys):
     assert status == 0 and "kernel [784, 128] at 28x28x1 (HWC), [1296, 128] at 36x36x1" in out
     status, out, _ = run(capsys, "--model=flax-example", "--xla")
     assert status == 0 and "XLA cost_analysis:" in out
+    status, out, err = run(capsys, "--model=plain-k3-w8.16-convhead", "--input=3,3,1")
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("explain: the model cannot take --input=3,3,1: ")
     status, _, err = run(capsys, "--model=resnet50")
     assert status == 2 and err.startswith("explain: --model='resnet50': parse: unknown model")
     status, _, err = run(capsys, "--model=tf-tutorial", "--layers=flatten")

@@ -1,5 +1,6 @@
 """convjax.layers: parity with flax.linen (params load both ways), transforms, analysis."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,7 @@ def test_dropout_uses_the_dropout_stream_and_is_identity_at_inference():
     y = d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     kept = np.asarray(y) != 0
     assert 0.65 < kept.mean() < 0.85 and np.allclose(np.asarray(y)[kept], 1 / 0.75)
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
         d.apply({}, x, deterministic=False)
 
 
@@ -163,3 +164,73 @@ def test_tabulate_eval_shape_jit_and_grad():
     g = jax.grad(loss)(variables["params"], x)
     assert jax.tree.map(jnp.shape, g) == jax.tree.map(jnp.shape, variables["params"])
     assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(g))
+
+
+def test_params_of_another_layer_are_refused():
+    x = jnp.ones((1, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"Conv \(top\): param 'kernel' has shape \(5, 5, 3, "
+                                         r"16\), but this layer's settings give \(3, 3, 3, 8\)"):
+        layers.Conv(8, (3, 3)).apply(nn.Conv(16, (5, 5)).init(KEY, x), x)
+    with pytest.raises(ValueError, match=r"param 'kernel' has shape \(5, 32\)"):
+        layers.Dense(10).apply(nn.Dense(32).init(KEY, jnp.ones((1, 5))), jnp.ones((1, 5)))
+
+
+def test_batch_norm_promotes_like_flax():
+    x = jnp.ones((4, 3, 3, 2), jnp.bfloat16)
+    for bn in (layers.BatchNorm(use_running_average=True),
+               nn.BatchNorm(use_running_average=True)):
+        assert bn.apply(bn.init(KEY, x), x).dtype == jnp.float32
+    bn = layers.BatchNorm(use_running_average=True, dtype=jnp.bfloat16)
+    assert bn.apply(bn.init(KEY, x), x).dtype == jnp.bfloat16
+
+
+class _Shared(nn.Module):
+    def setup(self):
+        self.conv = layers.Conv(4, (3, 3))
+
+    def __call__(self, x):
+        return self.conv(jax.nn.relu(self.conv(x)))
+
+
+class _Branches(nn.Module):
+    """x0 = relu(a(x)); out = d(relu(b(x0)) + c(x0)): c's input is x0, not b's output."""
+
+    @nn.compact
+    def __call__(self, x):
+        x0 = jax.nn.relu(layers.Conv(4, (3, 3), name="a")(x))
+        y = jax.nn.relu(layers.Conv(4, (3, 3), name="b")(x0))
+        z = layers.Conv(4, (1, 1), name="c")(x0)
+        return layers.Conv(1, (3, 3), name="d")(y + z)
+
+
+def _support(model, variables, size):
+    """Brute force: the input pixels the centre output depends on (gradient support)."""
+    x = jax.random.normal(jax.random.key(2), (1, size, size, 4))
+    g = jax.grad(lambda x: model.apply(variables, x)[0, size // 2, size // 2, 0])(x)
+    rows, cols = np.nonzero(np.abs(np.asarray(g[0])).sum(-1))
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_shared_modules_and_branches_in_the_tables():
+    a = A.analyze_model(_Shared(), (8, 8, 4))
+    assert [r.path for r in a.rows] == ["conv", "conv"]
+    assert [r.params for r in a.rows] == [148, 0] and a.rows[1].macs == a.rows[0].macs
+    assert "weights shared with layer 1" in a.rows[1].sentence
+    model = _Branches()
+    b = A.analyze_model(model, (16, 16, 4))
+    rf = {r.path: int(r.receptive_field[0]) for r in b.rows}
+    variables = model.init(KEY, jnp.ones((1, 16, 16, 4)))
+    assert rf == {"a": 3, "b": 5, "c": 3, "d": 7}
+    assert _support(model, variables, 16) == (7, 7)
+
+
+def test_layers_the_analysis_cannot_see_are_not_silently_left_out():
+    class Mixed(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return layers.Conv(8, (3, 3))(nn.Conv(8, (5, 5))(x))
+
+    with pytest.raises(ValueError, match=r"the model holds 792 parameters but its describable "
+                                         r"layers hold 584: 208 are in modules the analysis "
+                                         r"cannot see"):
+        A.analyze_model(Mixed(), (16, 16, 1))

@@ -70,6 +70,11 @@ def test_ids_round_trip_and_are_distinct():
     assert len(set(ids)) == len(ids)
     for c in CONFIGS:
         assert models.parse(c.id) == c, c.id
+    tiny = models.CNNConfig(width_multiplier=1e-5, dropout=1e-5)
+    assert tiny.id == "plain-k3-w32.64-x0.00001-do0.00001" and models.parse(tiny.id) == tiny
+    for bad in (dict(hidden=True), dict(batch_norm="yes"), dict(residual=1)):
+        with pytest.raises(ValueError, match="CNNConfig: "):
+            models.CNNConfig(**bad)
     for name, padding in itertools.product(["flax-example", "tf-tutorial"], ["SAME", "VALID"]):
         fixed = models.FixedConfig(name, padding)
         assert models.parse(fixed.id) == fixed
@@ -95,6 +100,8 @@ def test_every_field_change_changes_the_id():
     ("plain-k3-k5", "kernel_size given twice"),
     ("flax-example-k3", "flax-example takes -valid and -c<num_classes>"),
     ("plain-k0", "kernel_size must be a positive int"),
+    ("plain-w32.64", "'plain-w32.64' is not a canonical model id; write 'plain-k3-w32.64'"),
+    ("flax-example-valid-valid", "write 'flax-example-valid'"),
     ("bottleneck-r8-k3-w32-res-valid", "residual needs padding='SAME'"),
 ])
 def test_bad_ids(bad, message):
@@ -104,7 +111,8 @@ def test_bad_ids(bad, message):
 
 FAMILIES = ["flax-example", "tf-tutorial", "flax-example-valid", "plain-k3-w16.32",
             "bottleneck-r4-k3-w16.32-res-bn", "stacked-n2-w8.16-do0.5",
-            "plain-k3-w8.16-convhead", "bottleneck-r4-k5-w8.16-res-convhead-do0.25"]
+            "plain-k3-w8.16-convhead", "bottleneck-r4-k5-w8.16-res-do0.25-convhead",
+            "bottleneck-r4-k3-w4.8-res-nonepool-convhead", "stacked-n3-w8-res-x1.5-avgpool"]
 
 
 @pytest.mark.parametrize("model_id", FAMILIES)
@@ -126,6 +134,13 @@ def test_bottleneck_vs_plain_cost_follows_the_formula():
     bottle_trunk = sum(row.macs for row in bottle.rows[:3])
     assert plain_trunk == h * w_ * k * k * c * w
     assert bottle_trunk == h * w_ * (c * r + k * k * r * r + r * w)
+    # the ratio on the model family itself, at a stage with 32 input channels
+    p2 = A.analyze_model(models.get("plain-k3-w32.64"), (h, w_, c)).rows[2]
+    b2 = A.analyze_model(models.get("bottleneck-r8-k3-w32.64"), (h, w_, c)).rows[4:7]
+    hw = 14 * 14
+    assert p2.macs == hw * 9 * 32 * 64
+    assert sum(row.macs for row in b2) / p2.macs == pytest.approx(
+        (32 * 8 + 9 * 8 * 8 + 8 * 64) / (9 * 32 * 64))
     # at a wider input the bottleneck is cheaper: 64 -> 64 channels, r = 16
     p64 = A.analyze("conv2d(64, 3, padding=same)", (14, 14, 64)).total()["macs"]
     b64 = A.analyze("conv2d(16, 1); conv2d(16, 3, padding=same); conv2d(64, 1)",
@@ -133,13 +148,28 @@ def test_bottleneck_vs_plain_cost_follows_the_formula():
     assert b64 / p64 == pytest.approx((64 * 16 + 9 * 16 * 16 + 16 * 64) / (9 * 64 * 64))
 
 
-@pytest.mark.parametrize("size", [28, 36, 64])
-def test_fully_convolutional_models_take_any_size(size):
-    model = models.get("plain-k3-w8.16-convhead")
+@pytest.mark.parametrize("model_id", ["plain-k3-w8.16-convhead",
+                                      "bottleneck-r4-k3-w4.8-res-nonepool-convhead",
+                                      "stacked-n2-w8-avgpool-bn-convhead"])
+@pytest.mark.parametrize("size", [28, 29, 36, 64])
+def test_fully_convolutional_models_take_any_size(model_id, size):
+    model = models.get(model_id)
     v = model.init(KEY, jnp.ones((1, 28, 28, 1)))
-    y = model.apply(v, jnp.ones((3, size, size + 4, 1)))
+    y = model.apply(v, jnp.ones((3, size, size + 3, 1)))
     assert y.shape == (3, 10)
-    assert A.analyze_model(model, (size, size + 4, 1)).output_shape == (10,)
+    assert A.analyze_model(model, (size, size + 3, 1)).output_shape == (10,)
+
+
+@pytest.mark.parametrize("model_id,shape", [("flax-example", (28, 28, 1)),
+                                            ("tf-tutorial-valid", (32, 32, 1)),
+                                            ("bottleneck-r8-k3-w16.32-res", (20, 24, 3)),
+                                            ("stacked-n3-w8.16.32-bn", (64, 48, 1))])
+def test_dense_head_models_at_their_training_size(model_id, shape):
+    model = models.get(model_id)
+    v = jax.eval_shape(lambda x: model.init(KEY, x), jnp.ones((1, *shape)))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), v, jnp.ones((2, *shape)))
+    assert out.shape == (2, 10)
+    assert A.analyze_model(model, shape).total()["params"] == _params(model, shape)
 
 
 def test_dense_head_models_refuse_another_size_clearly():

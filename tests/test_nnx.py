@@ -184,3 +184,26 @@ def test_a_small_nnx_cnn_learns_on_mnist():
     model.eval()
     after = float(loss_fn(model, x, y))
     assert after < 0.6 * before, (before, after)
+
+
+def test_shared_and_foreign_layers_in_nnx_tables():
+    class Shared(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = cnnx.Conv(4, 4, (3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            return self.conv(jax.nn.relu(self.conv(x)))
+
+    a = A.analyze_model(Shared(nnx.Rngs(0)), (8, 8, 4))
+    assert [r.params for r in a.rows] == [148, 0] and a.rows[1].macs == a.rows[0].macs
+
+    class Mixed(nnx.Module):
+        def __init__(self, rngs):
+            self.ours = cnnx.Conv(1, 8, (3, 3), rngs=rngs)
+            self.theirs = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.theirs(self.ours(x))
+
+    with pytest.raises(ValueError, match="27 are in modules the analysis cannot see"):
+        A.analyze_model(Mixed(nnx.Rngs(0)), (8, 8, 1))

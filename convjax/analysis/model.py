@@ -8,14 +8,23 @@ becomes a row through the very function that builds the rows of a spec list, so 
 and its spec string give the same table.
 
 Receptive fields follow the data: a layer's input is matched to the layer output it is
-(by identity). A value made outside the layers (an activation, a residual sum) gets the
-widest field among the recorded outputs of its shape, which is right for ``relu(conv(x))``
-and for ``main(x) + shortcut(x)`` (the sum sees what its widest branch sees).
+(by identity), and a value is given one field the first time a layer takes it, which
+every later layer taking the same value reuses (a residual shortcut gets its block's
+input field). A value made outside the layers (an activation, a residual sum) gets the
+widest field among the earlier layer outputs of its shape: right for ``relu(conv(x))``
+and for ``main(x) + shortcut(x)`` (a sum sees what its widest branch sees); where two
+branches of one shape merge in other ways it is an upper bound.
+
+A module called twice (shared weights) shows its MACs on every call and its parameters
+once. Parameters held by modules that cannot describe themselves (``flax.linen.Conv``,
+``flax.nnx.Linear``...) cannot be tabulated: :func:`analyze_model` raises rather than
+print a table whose totals leave them out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -41,9 +50,11 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = j
                  **call_kwargs) -> list[_Call]:
     """Record the describable layer calls of ``model.init`` on one example (shapes only).
 
-    The first record is the model's own call (``path`` ""): its ``x`` is the input.
+    The first record is the model's own call (``path`` ""): its ``x`` is the input and
+    its ``y`` the number of parameters the model holds.
     """
     calls: list[_Call] = []
+    params: list[int] = []
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
@@ -59,10 +70,13 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = j
 
     def init(x):
         with nn.intercept_methods(interceptor):
-            model.init({"params": key, "dropout": key}, x, **call_kwargs)
+            variables = model.init({"params": key, "dropout": key}, x, **call_kwargs)
+        params.append(sum(math.prod(p.shape)
+                          for p in jax.tree.leaves(variables.get("params", {}))))
         return ()
 
     jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    calls[0] = dataclasses.replace(calls[0], y=params[0])  # the top call carries the count
     return calls
 
 
@@ -90,7 +104,8 @@ def _trace_nnx(model, input_shape, dtype, **call_kwargs) -> list[_Call]:
         copy.eval()
         paths.update({id(m): "/".join(str(p) for p in path)
                       for path, m in nnx.iter_modules(copy)})
-        calls.append(_Call("", copy, x, None))
+        calls.append(_Call("", copy, x, sum(math.prod(p.shape) for p in
+                                            jax.tree.leaves(nnx.state(copy, nnx.Param)))))
         copy(x, **call_kwargs)
         return ()
 
@@ -136,16 +151,33 @@ def analyze_model(model: Any, input_shape: Sequence[int], *, batch: int = 1,
     start = core._Field([Fraction(1)] * (len(shape) - 1), [Fraction(1)] * (len(shape) - 1))
     fields: dict[int, tuple[core._Field, tuple[int, ...]]] = {id(top.x): (start, shape)}
     order: list[tuple[core._Field, tuple[int, ...]]] = []
+    first_call: dict[Any, int] = {}
     rows = []
     for index, call in enumerate(calls, start=1):
         in_shape = tuple(int(v) for v in call.x.shape[1:])
         out_shape = tuple(int(v) for v in call.y.shape[1:])
         field = _field_for(call.x, in_shape, fields, order)
+        fields.setdefault(id(call.x), (_copy(field), in_shape))
         spec = call.module.describe(in_shape)
-        rows.append(core._row(index, spec, in_shape, out_shape, field, int(batch), itemsize,
-                              path=call.path))
+        row = core._row(index, spec, in_shape, out_shape, field, int(batch), itemsize,
+                        path=call.path)
+        key = call.path if isinstance(model, nn.Module) else id(call.module)
+        if key in first_call and row.params + row.non_trainable:
+            row = dataclasses.replace(
+                row, weights=0, biases=0, non_trainable=0,
+                sentence=f"{row.sentence} (weights shared with layer {first_call[key]}, "
+                         f"counted there)")
+        first_call.setdefault(key, index)
+        rows.append(row)
         fields[id(call.y)] = (field, out_shape)
         order.append((field, out_shape))
+    counted = sum(r.params for r in rows)
+    if counted != top.y:
+        raise ValueError(
+            f"analyze_model: the model holds {top.y:,} parameters but its describable layers "
+            f"hold {counted:,}: {top.y - counted:,} are in modules the analysis cannot see "
+            f"(e.g. flax.linen.Conv or flax.nnx.Linear, which have no describe()); build "
+            f"the model from convjax.layers / convjax.nnx to tabulate it")
     return core.Analysis(input_shape=shape, batch=int(batch), dtype=str(jnp.dtype(dtype)),
                          rows=tuple(rows))
 
