@@ -31,3 +31,22 @@ def test_benchmark_depthwise_checks_variants_agree_and_prints():
                "--scan_steps=1", "--shapes=6x6x4")
     for variant in ("grouped", "taps", "patches", "vmap"):
         assert variant in out
+
+
+def test_benchmark_train_measures_engine_and_baseline(tmp_path):
+    mnist = ROOT.parent / "shared" / "data" / "mnist"
+    if not mnist.is_dir():
+        import pytest
+        pytest.skip(f"no MNIST at {mnist}")
+    out = _run("experiments.benchmark_train", f"--data_dir={mnist}", "--epochs=1",
+               "--train_examples=512", "--ynn_values=,stock", f"--output_dir={tmp_path}")
+    assert "engine[=]" in out and "engine[stock]" in out and "baseline" in out
+    assert "FLOPs per training image: 27,411,456" in out
+    payload = json.loads((tmp_path / "benchmark_train.json").read_text())
+    rows = payload["rows"]
+    engine = rows["engine[=]"]
+    assert engine["xla_flags"].endswith("--xla_cpu_experimental_ynn_fusion_type=")
+    assert "ynn" not in rows["baseline (Flax example loop, stock)"]["xla_flags"]
+    for key in ("images_per_second", "compile_seconds", "eval_images_per_second",
+                "fraction_of_peak", "ratio_to_baseline", "peak_gflops"):
+        assert engine[key] > 0, key

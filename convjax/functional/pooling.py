@@ -57,6 +57,24 @@ def _pool_args(op, x, window, stride, padding, *, floating_only):
 
 
 def _reduce(x, init, fn, window, stride, pad: L.Padding):
+    """``reduce_window`` of ``fn`` over each window.
+
+    Non-overlapping, unpadded windows (stride == window, VALID: the usual 2x2 pool) are
+    computed as a reshape to ``[N, H', KH, W', KW, C]`` and a reduction over the window
+    axes instead: the same values, and on XLA:CPU a much faster gradient (measured on
+    a 2-core CPU, batch 128, 28x28x32, forward+backward inside ``lax.scan``: max 4.9 ms
+    vs 22.8 ms, average 2.6 ms vs 3.5 ms). A max's gradient then splits equally among
+    tied maxima (``reduce_window`` gives it all to one): both are valid subgradients,
+    and with continuous inputs ties do not occur.
+    """
+    if stride == window and not pad.circular and not any(lo or hi for lo, hi in pad.pairs):
+        spatial = x.shape[1:-1]
+        outs = [n // k for n, k in zip(spatial, window)]
+        x = x[(slice(None), *(slice(0, o * k) for o, k in zip(outs, window)))]
+        blocks = [d for o, k in zip(outs, window) for d in (o, k)]
+        x = x.reshape(x.shape[0], *blocks, x.shape[-1])
+        axes = tuple(range(2, 2 + 2 * len(window), 2))
+        return jnp.max(x, axis=axes) if fn is lax.max else jnp.sum(x, axis=axes)
     # ``init`` must be a NumPy constant: a traced init value (e.g. ``jnp.array`` under
     # jit) makes ``reduce_window`` fall back to its generic form, which has no gradient.
     pairs = pad.pairs
