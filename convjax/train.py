@@ -240,7 +240,8 @@ def make_evaluate(model, eval_batch_size: int, num_examples: int) -> Callable:
 # XLA flags for CPU
 # --------------------------------------------------------------------------------------
 
-#: XLA:CPU flag that turns YNNPACK's dot fusions off (dots go back to Eigen); see README.
+#: XLA:CPU flag that turns YNNPACK's fusions off (its default list is INDIVIDUAL_DOT,
+#: INDIVIDUAL_CONVOLUTION, REDUCE in jaxlib 0.10; they go back to Eigen); see README.
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 
@@ -425,8 +426,10 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
                 jsonl.flush()
             if progress:
                 eta = (config.epochs - epoch) * (seconds + row["eval_seconds"])
+                val = (f"validation acc {row['validation_accuracy']:.4f}, "
+                       if "validation_accuracy" in row else "")
                 progress(f"{config.model} epoch {epoch}/{config.epochs}: train loss "
-                         f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, test "
+                         f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, {val}test "
                          f"loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}, "
                          f"{row['images_per_second']:,.0f} images/s, ETA {eta:.0f} s")
     finally:

@@ -7,9 +7,10 @@ Measures, each in its own process so that XLA flags are set before JAX starts:
 
 * ``engine[<flag>]``: :mod:`convjax.train`'s epoch (on-device data, ``lax.scan``, one
   fused step) with the Flax-example CNN, once per value of
-  ``--xla_cpu_experimental_ynn_fusion_type`` in ``--ynn_values`` (``""`` turns YNN dot
-  fusions off, which the training command uses by default; ``-individual_dot`` removes
-  only standalone dots from the default list; ``stock`` leaves XLA's default);
+  ``--xla_cpu_experimental_ynn_fusion_type`` in ``--ynn_values`` (``""`` turns every
+  YNN path off, which the training command uses by default; ``-individual_dot`` removes
+  only standalone dots from the default list ``INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION,
+  REDUCE``; ``stock`` leaves XLA's default);
 * ``baseline``: the official Flax MNIST example's structure with stock XLA flags: the
   same CNN in ``flax.linen`` (stock conv gradients), a jitted per-step function, batches
   gathered on the host from NumPy and sent each step;
