@@ -106,7 +106,7 @@ def explain(layers: Any, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
         for i, a in enumerate(report.analyses):
             d = render.to_dict(a)
             if xla:
-                d["xla"] = _xla_dict(checks[i])
+                d["total"]["xla"] = _xla_dict(checks[i])
             docs.append(d)
         if len(docs) == 1:
             return json.dumps(docs[0], indent=1)

@@ -38,7 +38,9 @@ def test_json_is_the_only_thing_on_stdout(capsys):
                          "conv2d(8, 1, activation=relu); maxpool2d(2)")
     assert status == 0
     doc = json.loads(out)
+    assert list(doc) == ["input", "layers", "total"]
     assert doc["input"] == [64, 64, 3] and len(doc["layers"]) == 3
+    assert doc["total"]["batch"] == 1 and doc["total"]["dtype"] == "float32"
     first, second, pool = doc["layers"]
     assert first["name"] == "conv2d" and pool["name"] == "maxpool2d"
     assert first["output_shape"] == [64, 64, 32] and second["output_shape"] == [64, 64, 8]
@@ -96,7 +98,7 @@ def test_xla_flag_prints_both_counts(capsys):
     assert "XLA cost_analysis:" in out and "taps on padding" in out
     status, out, _ = run(capsys, "--input=28,28,1", "--xla", "--format=json",
                          "--layers=conv2d(8, 3, padding=same); flatten; dense(10)")
-    x = json.loads(out)["xla"]
+    x = json.loads(out)["total"]["xla"]
     assert x["xla"] == x["predicted"]
 
 

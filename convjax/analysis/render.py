@@ -153,20 +153,22 @@ def _row_dict(row: LayerRow) -> dict[str, Any]:
 
 
 def to_dict(analysis: Analysis) -> dict[str, Any]:
-    """``{"input": [...], "batch", "dtype", "conventions", "layers": [...], "total": {...}}``.
+    """``{"input": [...], "layers": [...], "total": {...}}``, nothing else at the top.
 
     Every row has ``name`` (the spec type), ``output_shape`` (ints, no batch axis),
     ``filters``, ``filter_shape``, ``kernel_slices``, ``weights``, ``biases``,
     ``params``, ``macs``, ``flops``, ``receptive_field`` (an int, or one per axis when they
-    differ), ``activation_bytes`` and more; ``total`` has the same numeric keys.
+    differ), ``activation_bytes`` and more; ``total`` has the same numeric keys, plus
+    ``output_shape``, ``batch`` (MACs, FLOPs and activation sizes are for that many
+    examples) and ``dtype``. The conventions are :data:`CONVENTIONS`.
     """
     total = analysis.total()
     tot = {k: (_axes(total[k]) if k in ("receptive_field", "jump") else total[k])
            for k in NUMERIC_KEYS}
     tot["bias_adds"] = total["bias_adds"]
     tot["output_shape"] = list(analysis.output_shape)
-    return {"input": list(analysis.input_shape), "batch": analysis.batch,
-            "dtype": analysis.dtype, "conventions": CONVENTIONS,
+    tot["batch"], tot["dtype"] = analysis.batch, analysis.dtype
+    return {"input": list(analysis.input_shape),
             "layers": [_row_dict(r) for r in analysis.rows], "total": tot}
 
 
