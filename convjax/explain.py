@@ -17,6 +17,7 @@ A bad spec prints one line naming the layer (index and text) and exits with stat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -71,10 +72,7 @@ def parse_input(text: str) -> tuple[int, ...]:
 
 
 def _xla_dict(r: A.XlaFlops) -> dict:
-    return {"flops": r.flops, "padding_flops": r.padding_flops, "bias_flops": r.bias_flops,
-            "predicted": r.predicted, "xla": r.xla, "ratio": r.ratio,
-            "train_flops": r.train_flops, "train_xla": r.train_xla,
-            "train_ratio": r.train_ratio}
+    return {**dataclasses.asdict(r), "ratio": r.ratio, "train_ratio": r.train_ratio}
 
 
 def explain(layers: Any, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
@@ -96,11 +94,9 @@ def explain(layers: Any, inputs: Sequence[Sequence[int]], *, fmt: str = "text",
         raise
     if not xla:
         checks = []
-    elif isinstance(layers, nn.Module):
+    else:
         checks = [A.xla_flops(layers, a.input_shape, batch=batch, dtype=dtype)
                   for a in report.analyses]
-    else:
-        checks = [A.xla_flops(a, dtype=dtype) for a in report.analyses]
     if fmt == "json":
         docs = []
         for i, a in enumerate(report.analyses):

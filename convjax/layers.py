@@ -88,6 +88,13 @@ def _param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype:
     return value
 
 
+def _pool_spec(kind: str, module: Any, input_shape: Sequence[int]) -> S.LayerSpec:
+    """The spec of a pooling module (linen or NNX: both hold ``window_shape``,
+    ``strides`` and ``padding``)."""
+    return S.Pool(kind, _tuple(module.window_shape, len(input_shape) - 1), module.strides,
+                  _padding(module.padding))
+
+
 def _window(window: Any) -> Any:
     return tuple(window) if isinstance(window, Sequence) else window
 
@@ -378,9 +385,7 @@ class MaxPool(nn.Module):
         return F.max_pool(x, _window(self.window_shape), self.strides, self.padding)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
-        rank = len(input_shape) - 1
-        return S.Pool("max", _tuple(self.window_shape, rank), self.strides,
-                      _padding(self.padding))
+        return _pool_spec("max", self, input_shape)
 
 
 class AvgPool(nn.Module):
@@ -396,9 +401,7 @@ class AvgPool(nn.Module):
                           count_include_pad=self.count_include_pad)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
-        rank = len(input_shape) - 1
-        return S.Pool("avg", _tuple(self.window_shape, rank), self.strides,
-                      _padding(self.padding))
+        return _pool_spec("avg", self, input_shape)
 
 
 class GlobalAvgPool(nn.Module):

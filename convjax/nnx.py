@@ -52,8 +52,11 @@ def _bias(use_bias: bool, init: Initializer, rngs: nnx.Rngs, n: int, dtype: Dtyp
     return nnx.Param(init(rngs.params(), (n,), dtype)) if use_bias else nnx.data(None)
 
 
-def _value(p):
-    return None if p is None else p[...]
+def _promoted(module: nnx.Module, x: jax.Array, *variables) -> tuple:
+    """``x`` and the variables' values (None stays None) promoted to one dtype, as
+    ``flax.nnx`` layers do (``module.dtype`` if set)."""
+    values = tuple(None if v is None else v[...] for v in variables)
+    return dtypes.promote_dtype((x, *values), dtype=module.dtype)
 
 
 class _Windowed(nnx.Module):
@@ -94,8 +97,7 @@ class Conv(_Windowed):
         self.bias = _bias(use_bias, bias_init, rngs, out_features, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], _value(self.bias)),
-                                               dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x, self.kernel, self.bias)
         return F.conv(x, kernel, bias, stride=self.strides, padding=self.padding,
                       dilation=self.kernel_dilation, groups=self.feature_group_count)
 
@@ -122,8 +124,7 @@ class Pointwise(nnx.Module):
         self.bias = _bias(use_bias, bias_init, rngs, out_features, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], _value(self.bias)),
-                                               dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x, self.kernel, self.bias)
         return F.pointwise(x, kernel, bias)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
@@ -151,8 +152,7 @@ class DepthwiseConv(_Windowed):
         self.bias = _bias(use_bias, bias_init, rngs, cm, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], _value(self.bias)),
-                                               dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x, self.kernel, self.bias)
         return F.depthwise_conv(x, kernel, bias, stride=self.strides, padding=self.padding,
                                 dilation=self.kernel_dilation)
 
@@ -185,9 +185,8 @@ class SeparableConv(_Windowed):
         self.bias = _bias(use_bias, bias_init, rngs, out_features, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, dw, pw, bias = dtypes.promote_dtype(
-            (x, self.depthwise_kernel[...], self.pointwise_kernel[...], _value(self.bias)),
-            dtype=self.dtype)
+        x, dw, pw, bias = _promoted(self, x, self.depthwise_kernel, self.pointwise_kernel,
+                                    self.bias)
         return F.separable_conv(x, dw, pw, bias, stride=self.strides, padding=self.padding,
                                 dilation=self.kernel_dilation)
 
@@ -217,8 +216,7 @@ class ConvTranspose(_Windowed):
         self.bias = _bias(use_bias, bias_init, rngs, out_features, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], _value(self.bias)),
-                                               dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x, self.kernel, self.bias)
         return F.conv_transpose(x, kernel, bias, stride=self.strides, padding=self.padding,
                                 dilation=self.kernel_dilation)
 
@@ -243,8 +241,7 @@ class Dense(nnx.Module):
         self.bias = _bias(use_bias, bias_init, rngs, out_features, param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], _value(self.bias)),
-                                               dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x, self.kernel, self.bias)
         return F.dense(x, kernel, bias)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
@@ -348,8 +345,7 @@ class MaxPool(nnx.Module):
         return F.max_pool(x, _linen._window(self.window_shape), self.strides, self.padding)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
-        return S.Pool("max", _tuple(self.window_shape, len(input_shape) - 1), self.strides,
-                      _padding(self.padding))
+        return _linen._pool_spec("max", self, input_shape)
 
 
 class AvgPool(nnx.Module):
@@ -366,8 +362,7 @@ class AvgPool(nnx.Module):
                           count_include_pad=self.count_include_pad)
 
     def describe(self, input_shape: Sequence[int]) -> S.LayerSpec:
-        return S.Pool("avg", _tuple(self.window_shape, len(input_shape) - 1), self.strides,
-                      _padding(self.padding))
+        return _linen._pool_spec("avg", self, input_shape)
 
 
 class GlobalAvgPool(nnx.Module):

@@ -375,7 +375,6 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     init_key, root = jax.random.split(root)
     input_shape = tuple(int(d) for d in images.shape[1:])
     state = create_state(model, tx, init_key, input_shape)
-    params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     epoch_fn = make_train_epoch(model, tx, config.batch_size, n)
     t0 = time.perf_counter()
@@ -445,7 +444,7 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
         "train_seconds": train_seconds,
         "eval_images_per_second": float(np.median([h["eval_images_per_second"]
                                                    for h in history])),
-        "params": params_count,
+        "params": M.count_params({"params": state.params}),
         "flops_per_image": _flops_per_image(model, input_shape),
         "devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

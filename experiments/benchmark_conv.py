@@ -16,10 +16,8 @@ level.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from absl import app, flags
 from jax import lax
 
 import convjax
+from convjax.train import write_json
 from experiments._timing import median_time
 
 FLAGS = flags.FLAGS
@@ -78,15 +77,6 @@ def measure(name, backward, batch, repeats, scan_steps):
     return t_top, t_scan
 
 
-def _write_json(path, payload):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-    os.replace(tmp, path)
-
-
 def main(argv):
     del argv
     names = [n for n in FLAGS.cases.split(",") if n] or list(CASES)
@@ -128,7 +118,7 @@ def main(argv):
     print(f"targets: ours scan/top <= 1.5: {'met' if ok_scan else 'NOT met'}; "
           f"ours/stock top <= 1.1: {'met' if ok_top else 'NOT met'}")
     path = os.path.join(FLAGS.output_dir, "benchmark_conv.json")
-    _write_json(path, {"device": f"{device.platform} ({device.device_kind})",
+    write_json(path, {"device": f"{device.platform} ({device.device_kind})",
                        "host": platform.node(), "jax": jax.__version__,
                        "batch": FLAGS.batch, "repeats": FLAGS.repeats,
                        "scan_steps": FLAGS.scan_steps, "rows": rows})

@@ -532,7 +532,7 @@ def analyze(layers: Sequence[S.LayerSpec] | str, input_shape: Sequence[int], *,
         if not isinstance(spec, S.LayerSpec):
             raise TypeError(f"layer {i}: expected a convjax.analysis layer spec, got "
                             f"{type(spec).__name__}")
-    shape = _check_shape(input_shape)
+    input_shape = shape = _check_shape(input_shape)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     itemsize = jnp.dtype(dtype).itemsize
@@ -564,5 +564,5 @@ def analyze(layers: Sequence[S.LayerSpec] | str, input_shape: Sequence[int], *,
         shape = out_shape
         if not shape:
             raise S.SpecError(index, text, "the output has no axes left")
-    return Analysis(input_shape=_check_shape(input_shape), batch=int(batch),
+    return Analysis(input_shape=input_shape, batch=int(batch),
                     dtype=str(jnp.dtype(dtype)), rows=tuple(rows))

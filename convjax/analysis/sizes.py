@@ -21,6 +21,7 @@ import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
+from flax import nnx
 
 from convjax.analysis import core
 from convjax.analysis import specs as S
@@ -139,7 +140,7 @@ class SizeReport:
         return out
 
 
-def input_size_report(layers: Sequence[S.LayerSpec] | str | nn.Module,
+def input_size_report(layers: Sequence[S.LayerSpec] | str | nn.Module | nnx.Module,
                       input_shapes: Sequence[Sequence[int]], *, batch: int = 1,
                       dtype="float32") -> SizeReport:
     """Analyze ``layers`` (specs, a spec string or a linen model) at several input shapes
@@ -152,7 +153,7 @@ def input_size_report(layers: Sequence[S.LayerSpec] | str | nn.Module,
     >>> r.fcn_outputs
     ((1, 1, 10), (3, 5, 10))
     """
-    if isinstance(layers, nn.Module):
+    if isinstance(layers, (nn.Module, nnx.Module)):
         specs = None
         analyses = tuple(analyze_model(layers, s, batch=batch, dtype=dtype)
                          for s in input_shapes)

@@ -130,64 +130,49 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module | 
     >>> r.flops, r.predicted, int(r.xla)
     (7077888, 7062272, 7062272)
     """
-    if isinstance(layers, nn.Module):
-        return _model_flops(layers, input_shape, batch, dtype)
-    if isinstance(layers, nnx.Module):
-        return _nnx_flops(layers, input_shape, batch, dtype)
+    model = isinstance(layers, (nn.Module, nnx.Module))
     if isinstance(layers, core.Analysis):
         analysis = layers
+    elif input_shape is None:
+        raise TypeError(f"xla_flops: input_shape is required with a "
+                        f"{'model' if model else 'layer stack'}")
+    elif model:
+        analysis = analyze_model(layers, input_shape, batch=batch, dtype=dtype)
     else:
-        if input_shape is None:
-            raise TypeError("xla_flops: input_shape is required with a layer stack")
         analysis = core.analyze(layers, input_shape, batch=batch, dtype=dtype)
-    specs = [r.spec for r in analysis.rows]
-    params, state = core.param_structs(analysis, dtype)
     x = jax.ShapeDtypeStruct((analysis.batch, *analysis.input_shape), dtype)
+    if model:
+        fwd, params, rest = _model_forward(layers, x)
+    else:
+        specs = [r.spec for r in analysis.rows]
+        params, rest = core.param_structs(analysis, dtype)
 
-    def fwd(params, state, x):
-        return core.forward(specs, params, state, x)
-
-    def loss(params, state, x):
-        y = fwd(params, state, x)
-        return jnp.sum(jnp.square(y.astype(jnp.float32)))
-
-    xla = compiled_flops(fwd, params, state, x)
-    train = compiled_flops(jax.value_and_grad(loss), params, state, x)
-    return _result(analysis, xla, train)
-
-
-def _result(analysis: core.Analysis, xla: float, train: float) -> XlaFlops:
-    tot = analysis.total()
-    pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
-    return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
-                    predicted=tot["flops"] - pad + bias, xla=xla,
-                    train_flops=2 * train_macs(analysis), train_xla=train)
-
-
-def _model_flops(model: nn.Module, input_shape, batch: int, dtype) -> XlaFlops:
-    if input_shape is None:
-        raise TypeError("xla_flops: input_shape is required with a model")
-    analysis = analyze_model(model, input_shape, batch=batch, dtype=dtype)
-    x = jax.ShapeDtypeStruct((batch, *analysis.input_shape), dtype)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-    params = variables["params"]
-    rest = {k: v for k, v in variables.items() if k != "params"}
-
-    def fwd(params, rest, x):
-        return model.apply({"params": params, **rest}, x)
+        def fwd(params, state, x):
+            return core.forward(specs, params, state, x)
 
     def loss(params, rest, x):
         return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
 
-    return _result(analysis, compiled_flops(fwd, params, rest, x),
-                   compiled_flops(jax.value_and_grad(loss), params, rest, x))
+    tot = analysis.total()
+    pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
+    return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
+                    predicted=tot["flops"] - pad + bias,
+                    xla=compiled_flops(fwd, params, rest, x),
+                    train_flops=2 * train_macs(analysis),
+                    train_xla=compiled_flops(jax.value_and_grad(loss), params, rest, x))
 
 
-def _nnx_flops(model: nnx.Module, input_shape, batch: int, dtype) -> XlaFlops:
-    if input_shape is None:
-        raise TypeError("xla_flops: input_shape is required with a model")
-    analysis = analyze_model(model, input_shape, batch=batch, dtype=dtype)
-    x = jax.ShapeDtypeStruct((batch, *analysis.input_shape), dtype)
+def _model_forward(model, x):
+    """``(fwd(params, rest, x), params, rest)`` of a linen or NNX model in inference mode,
+    with ``params`` the trained parameters (what the training step differentiates)."""
+    if isinstance(model, nn.Module):
+        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+        rest = {k: v for k, v in variables.items() if k != "params"}
+
+        def fwd(params, rest, x):
+            return model.apply({"params": params, **rest}, x)
+
+        return fwd, variables["params"], rest
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def fwd(params, rest, x):
@@ -195,8 +180,4 @@ def _nnx_flops(model: nnx.Module, input_shape, batch: int, dtype) -> XlaFlops:
         copy.eval()
         return copy(x)
 
-    def loss(params, rest, x):
-        return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
-
-    return _result(analysis, compiled_flops(fwd, params, rest, x),
-                   compiled_flops(jax.value_and_grad(loss), params, rest, x))
+    return fwd, params, rest
