@@ -44,7 +44,7 @@ flags.DEFINE_integer("epochs", 2, "Timed epochs per measurement (median reported
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_list("ynn_values", ["", "-individual_dot", "stock"],
                   "Values of --xla_cpu_experimental_ynn_fusion_type for the engine "
-                  "('stock': leave XLA's default).")
+                  "('off' or '': every YNN path off; 'stock': leave XLA's default).")
 flags.DEFINE_integer("train_examples", 0, "Use only the first N training images (0: all; "
                      "for smoke tests).")
 flags.DEFINE_bool("baseline", True, "Also time the Flax-example loop with stock flags.")
@@ -183,8 +183,11 @@ def main(argv):
         print(json.dumps(fn(FLAGS.data_dir, FLAGS.epochs, FLAGS.batch_size,
                             FLAGS.train_examples)))
         return 0
+    if not FLAGS.ynn_values and not FLAGS.baseline:
+        raise app.UsageError("nothing to measure: --ynn_values is empty and --nobaseline")
     rows = {}
     for value in FLAGS.ynn_values:
+        value = "" if value == "off" else value
         flag = None if value == "stock" else f"--xla_cpu_experimental_ynn_fusion_type={value}"
         rows[f"engine[{value or '='}]" if value != "stock" else "engine[stock]"] = \
             _spawn("engine", flag)

@@ -11,7 +11,7 @@ fractions, ``train_images_per_second``, ``compile_seconds``, ``train_seconds``,
 
 It adds ``--xla_cpu_experimental_ynn_fusion_type=`` to ``XLA_FLAGS`` (XLA:CPU only:
 YNNPACK's dot, convolution and reduction paths off, Eigen instead: 1.4x faster training
-than stock flags here, 3,824 vs 2,697 images/s, see the README) unless you set that
+than stock flags here, 3,910 vs 2,793 images/s, see the README) unless you set that
 flag yourself or pass ``--noxla_cpu_defaults``.
 """
 

@@ -360,7 +360,7 @@ def test_input_size_report_explains_the_dense_head():
      "dense(64); dense(10)", (28, 28, 1)),
     ("conv2d(32, 3, padding=same); conv2d(8, 1)", (64, 64, 3)),
     ("conv1d(8, 5, padding=same); conv1d(8, 5, dilation_rate=2)", (100, 4)),
-    ("conv3d(4, 3, padding=same)", (24, 24, 24, 1)),
+    ("conv3d(4, 3, padding=same)", (24, 24, 24, 2)),
 ])
 def test_xla_counts_what_we_predict(stack, shape):
     r = A.xla_flops(stack, shape, batch=4)
@@ -371,6 +371,16 @@ def test_xla_counts_what_we_predict(stack, shape):
     assert abs(r.ratio - 1) <= 0.10, r.ratio
     # a training step: forward + kernel gradient + input gradient, within 10%
     assert abs(r.train_ratio - 1) <= 0.10, r.train_ratio
+
+
+def test_xla_count_of_a_tap_by_tap_first_conv():
+    # One input channel: convjax.conv sums the taps elementwise; XLA then counts every
+    # tap, padded ones included, and one add fewer than products per output.
+    r = A.xla_flops("conv3d(4, 3, padding=same)", (24, 24, 24, 1), batch=4)
+    outputs = 4 * 24 ** 3 * 4
+    assert r.padding_flops == 0 and r.tap_flops == outputs == r.bias_flops
+    assert r.predicted == r.flops == r.xla
+    assert any("first products" in line for line in r.lines())
 
 
 def test_xla_cross_check_of_the_tf_tutorial_network():

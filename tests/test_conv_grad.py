@@ -215,3 +215,41 @@ def test_padding_wider_than_the_kernel_matches_numpy(rng, c, o, padding, stride)
     fd = (ref.conv(x, k + e, stride=[stride] * 2, padding=padding, dilation=[1, 1])
           - ref.conv(x, k - e, stride=[stride] * 2, padding=padding, dilation=[1, 1]))
     assert abs(float(np.sum(fd * g)) / (2 * eps) - float(gk[1, 2, 0, o - 1])) < 1e-2
+
+
+@pytest.mark.parametrize("rank,ksize,c,stride,dilation,pairs", [
+    (2, 3, 1, 1, 1, ((1, 1), (1, 1))), (2, 5, 3, 2, 1, ((2, 1), (0, 3))),
+    (2, 3, 4, 1, 2, ((-1, 2), (2, -1))), (1, 7, 1, 3, 1, ((3, 3),)),
+    (3, 3, 1, 2, 1, ((1, 1), (0, 0), (1, 0))),
+])
+def test_tap_conv_equals_lax_conv(rng, rank, ksize, c, stride, dilation, pairs):
+    from convjax.functional import conv_grad as G
+    x = jnp.asarray(rng.normal(size=(2, *([9] * rank), c)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*([ksize] * rank), c, 5)), jnp.float32)
+    args = ((stride,) * rank, pairs, (dilation,) * rank)
+    want = G.lax_conv(x, k, *args, 1)
+    got = G.tap_conv(x, k, *args)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # The custom-VJP conv takes the tap path exactly when the rule says so, with the
+    # same value either way.
+    taps = c <= G.TAP_MAX_CHANNELS and c * ksize ** rank <= G.TAP_MAX_TERMS
+    jaxpr = str(jax.make_jaxpr(lambda x, k: G.forward(x, k, *args, 1))(x, k))
+    assert ("conv_general_dilated" not in jaxpr) == taps
+    np.testing.assert_allclose(np.asarray(G.conv_general(x, k, *args, 1)), np.asarray(want),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tap_rule_small_first_layers_only():
+    from convjax.functional import conv_grad as G
+    def uses_taps(window, c, groups=1):
+        r = len(window)
+        x = jnp.zeros((1, *([9] * r), c))
+        k = jnp.zeros((*window, c // groups, 4 * groups))
+        jaxpr = jax.make_jaxpr(lambda x, k: G.forward(x, k, (1,) * r, ((0, 0),) * r,
+                                                      (1,) * r, groups))(x, k)
+        return "conv_general_dilated" not in str(jaxpr)
+    assert uses_taps((3, 3), 1) and uses_taps((7, 7), 1) and uses_taps((5,), 1)
+    assert not uses_taps((3, 3), 3)      # more channels: no gain, or a loss
+    assert not uses_taps((9, 9), 1)      # 81 products per output
+    assert not uses_taps((3, 3), 4, groups=4)

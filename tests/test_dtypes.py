@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import convjax
+from convjax.functional import conv_grad
 
 TOL = {jnp.float32: 1e-6, jnp.bfloat16: 2e-2, jnp.float16: 3e-3}
 
@@ -67,7 +68,8 @@ def test_half_precision_ops_ask_xla_for_float32_accumulation(dtype):
     # values above cannot tell; the program must say it, for TPU and GPU.
     x = jnp.zeros((1, 4, 4, 4), dtype)
     programs = {
-        "conv": jax.make_jaxpr(lambda a: convjax.conv(a, jnp.zeros((3, 3, 4, 2), dtype)))(x),
+        "conv": jax.make_jaxpr(lambda a: convjax.conv(
+            jnp.concatenate([a, a], -1), jnp.zeros((3, 3, 8, 2), dtype)))(x),
         "conv_transpose": jax.make_jaxpr(lambda a: convjax.conv_transpose(
             a, jnp.zeros((3, 3, 2, 4), dtype)))(x),
         "depthwise_conv": jax.make_jaxpr(lambda a: convjax.depthwise_conv(
@@ -86,9 +88,12 @@ def test_half_precision_ops_ask_xla_for_float32_accumulation(dtype):
             BN_P, BN_S, a, training=True)[0])(x),
         "depthwise_conv[taps]": jax.make_jaxpr(lambda a: convjax.depthwise_conv(
             a, jnp.zeros((3, 3, 1, 4), dtype), method="taps"))(x),
+        # Few input channels: the conv's forward value is summed tap by tap.
+        "conv[taps]": jax.make_jaxpr(lambda a: conv_grad.forward(
+            a, jnp.zeros((3, 3, 1, 2), dtype), (1, 1), ((1, 1), (1, 1)), (1, 1), 1))(x[..., :1]),
     }
     first_sum = {"avg_pool": "reduce_window_sum", "global_avg_pool": "reduce_sum",
-                 "batch_norm": "reduce_sum", "depthwise_conv[taps]": "slice"}
+                 "batch_norm": "reduce_sum", "depthwise_conv[taps]": "slice", "conv[taps]": "slice"}
     for name, jaxpr in cast.items():
         ops = [str(e.primitive) for e in jaxpr.jaxpr.eqns]
         dtypes = [getattr(e.params.get("new_dtype"), "name", None) for e in jaxpr.jaxpr.eqns]

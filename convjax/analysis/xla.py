@@ -4,20 +4,25 @@ XLA's count for one compiled forward pass differs from ours in known ways, which
 :func:`xla_flops` reports instead of hiding:
 
 * XLA skips the taps of a window that fall on zero padding; we count every tap
-  (``macs_on_padding`` of each row is that part);
+  (``macs_on_padding`` of each row is that part); except for a conv with few input
+  channels, which :func:`convjax.conv` computes tap by tap as elementwise multiplies and
+  adds (:func:`convjax.functional.conv_grad.uses_taps`): XLA counts every one of those,
+  padding included, and one add fewer per output element than multiplies;
 * XLA adds one FLOP per bias add, activation element, pooling comparison or addition and
   batch-norm operation; we count only multiply-accumulates;
 * XLA counts the body of a ``lax.scan`` once, so only one step is ever lowered here;
 * with half-precision dtypes XLA also counts the casts to and from float32 accumulation.
 
-So ``predicted = flops - 2 * macs_on_padding + bias_adds`` matches XLA for conv and
+So ``predicted = flops - padding - first products + bias_adds`` matches XLA for conv and
 dense stacks without padding-free extras; the rest (``other``) is elementwise work.
 For one training step (value and gradient of a sum-of-squares loss with respect to every
 parameter) our estimate is ``3x`` the forward MACs minus the input gradients nobody needs
 (those of the layers up to the first one with weights): each weighted layer costs its
 forward MACs again for the kernel gradient and again for the input gradient. XLA's count
 of a training step also skips padded taps, and at batch 1 it counts a dense layer's
-kernel gradient (an outer product) as 1 FLOP per product, not 2.
+kernel gradient (an outer product) as 1 FLOP per product, not 2. A tap-by-tap conv's
+products are cheap enough that XLA recomputes them in each fusion that reads them, so a
+training step with one (a grayscale first layer) can count more than our estimate.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import jax.numpy as jnp
 from convjax.analysis import core
 from convjax.analysis import specs as S
 from convjax.analysis.model import analyze_model
+from convjax.functional.conv_grad import uses_taps
 
 __all__ = ["XlaFlops", "xla_flops", "compiled_flops", "train_macs"]
 
@@ -43,10 +49,14 @@ class XlaFlops:
 
     Attributes:
       flops: ours, ``2 * MACs``, every tap counted.
-      padding_flops: ``2 * macs_on_padding``, the part XLA skips.
+      padding_flops: ``2 * macs_on_padding`` of the layers XLA computes as convs or dots,
+        the part XLA skips.
+      tap_flops: one add per output element of the convs computed tap by tap
+        (:func:`convjax.functional.conv_grad.uses_taps`): their first product needs no
+        add; XLA counts their padded taps.
       bias_flops: one per bias add (XLA counts them; we do not).
-      predicted: ``flops - padding_flops + bias_flops``: what XLA should report for the
-        convs and dense layers.
+      predicted: ``flops - padding_flops - tap_flops + bias_flops``: what XLA should
+        report for the convs and dense layers.
       xla: XLA's ``cost_analysis()["flops"]`` of the compiled forward pass.
       train_flops: our estimate for one training step (see the module docstring).
       train_xla: XLA's count for the compiled training step.
@@ -54,6 +64,7 @@ class XlaFlops:
 
     flops: int
     padding_flops: int
+    tap_flops: int
     bias_flops: int
     predicted: int
     xla: float
@@ -79,6 +90,9 @@ class XlaFlops:
         return [
             f"ours, forward:          {self.flops:>16,} FLOPs (2 x MACs, every tap counted)",
             f"  - taps on padding:    {self.padding_flops:>16,} (XLA skips them)",
+            *([f"  - first products:     {self.tap_flops:>16,} (one add fewer per output of "
+               f"the tap-by-tap convs, whose padded taps XLA counts)"]
+              if self.tap_flops else []),
             f"  + bias adds:          {self.bias_flops:>16,} (XLA counts them)",
             f"  = predicted for XLA:  {self.predicted:>16,}",
             f"XLA cost_analysis:      {self.xla:>16,.0f} (x{self.ratio:.3f} of ours; "
@@ -154,12 +168,22 @@ def xla_flops(layers: Sequence[S.LayerSpec] | str | core.Analysis | nn.Module | 
         return jnp.sum(jnp.square(fwd(params, rest, x).astype(jnp.float32)))
 
     tot = analysis.total()
-    pad, bias = 2 * tot["macs_on_padding"], tot["bias_adds"]
-    return XlaFlops(flops=tot["flops"], padding_flops=pad, bias_flops=bias,
-                    predicted=tot["flops"] - pad + bias,
+    taps = [_taps(r) for r in analysis.rows]
+    pad = sum(2 * r.macs_on_padding for r, t in zip(analysis.rows, taps) if not t)
+    first = sum(r.activation_elements for r, t in zip(analysis.rows, taps) if t)
+    bias = tot["bias_adds"]
+    return XlaFlops(flops=tot["flops"], padding_flops=pad, tap_flops=first, bias_flops=bias,
+                    predicted=tot["flops"] - pad - first + bias,
                     xla=compiled_flops(fwd, params, rest, x),
                     train_flops=2 * train_macs(analysis),
                     train_xla=compiled_flops(jax.value_and_grad(loss), params, rest, x))
+
+
+def _taps(row: core.LayerRow) -> bool:
+    """Whether :func:`convjax.conv` computes ``row`` tap by tap."""
+    kernel = row.param_shapes.get("kernel")
+    return bool(isinstance(row.spec, S.Conv) and kernel
+                and uses_taps(kernel, row.spec.groups))
 
 
 def _model_forward(model, x):

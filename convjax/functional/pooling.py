@@ -1,7 +1,9 @@
 """Pooling as pure functions: ``max_pool``, ``avg_pool``, ``global_avg_pool``, ``global_max_pool``.
 
 Activations are channels last (NWC / NHWC / NDHWC); the spatial rank is ``x.ndim - 2``.
-Windows slide over the spatial axes only (never over N or C), one ``lax.reduce_window``.
+Windows slide over the spatial axes only (never over N or C): one ``lax.reduce_window``,
+or for non-overlapping unpadded windows (the usual 2x2 pool) the strided slices of
+each window offset combined elementwise (faster, and fusable; see ``_reduce``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from jax import lax
 
 from convjax import layout as L
+from convjax.functional._common import tap_slices
 
 __all__ = ["max_pool", "avg_pool", "global_avg_pool", "global_max_pool"]
 
@@ -60,21 +63,24 @@ def _reduce(x, init, fn, window, stride, pad: L.Padding):
     """``reduce_window`` of ``fn`` over each window.
 
     Non-overlapping, unpadded windows (stride == window, VALID: the usual 2x2 pool) are
-    computed as a reshape to ``[N, H', KH, W', KW, C]`` and a reduction over the window
-    axes instead: the same values, and on XLA:CPU a much faster gradient (measured on
-    a 2-core CPU, batch 128, 28x28x32, forward+backward inside ``lax.scan``: max 4.9 ms
-    vs 22.8 ms, average 2.6 ms vs 3.5 ms). A max's gradient then splits equally among
-    tied maxima (``reduce_window`` gives it all to one): both are valid subgradients,
-    and with continuous inputs ties do not occur.
+    computed as ``fn`` over the window's strided slices (``x[:, a::KH, b::KW, :]`` for
+    each offset ``(a, b)``) instead: the same values, elementwise work that XLA fuses
+    with the producer (a conv written tap by tap, a bias, an activation), and on XLA:CPU
+    a much faster gradient than ``reduce_window``'s. Measured on a 2-core CPU: MNIST's
+    first conv + ReLU + 2x2 average pool at batch 1000, 3.5 us per image with slices vs
+    33.5 with a reshape-and-reduce and 32.4 with ``reduce_window``; forward+backward of a
+    2x2 max pool, batch 128, 28x28x32, inside ``lax.scan``: 4.9 ms (reshape) vs 22.8 ms
+    (``reduce_window``). Where values tie, a max's gradient is split among the tied
+    elements (halved at each pairwise ``maximum``; it still sums to 1), where
+    ``reduce_window`` gives it all to one: both are valid subgradients, and with
+    continuous inputs ties do not occur.
     """
     if stride == window and not pad.circular and not any(lo or hi for lo, hi in pad.pairs):
-        spatial = x.shape[1:-1]
-        outs = [n // k for n, k in zip(spatial, window)]
-        x = x[(slice(None), *(slice(0, o * k) for o, k in zip(outs, window)))]
-        blocks = [d for o, k in zip(outs, window) for d in (o, k)]
-        x = x.reshape(x.shape[0], *blocks, x.shape[-1])
-        axes = tuple(range(2, 2 + 2 * len(window), 2))
-        return jnp.max(x, axis=axes) if fn is lax.max else jnp.sum(x, axis=axes)
+        out = None
+        for _, part in tap_slices(x, window, stride, (1,) * len(window)):
+            out = part if out is None else (jnp.maximum(out, part) if fn is lax.max
+                                            else out + part)
+        return out
     # ``init`` must be a NumPy constant: a traced init value (e.g. ``jnp.array`` under
     # jit) makes ``reduce_window`` fall back to its generic form, which has no gradient.
     pairs = pad.pairs
