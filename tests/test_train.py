@@ -47,8 +47,9 @@ def test_trains_and_writes_metrics(mnist, tmp_path):
     first, last = result.epochs
     assert last["train_loss"] < first["train_loss"] < 2.3
     assert last["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
-    assert len(lines) == 2 and lines[1].startswith(f"{TINY} epoch 2/2: train loss ")
-    assert "images/s, ETA" in lines[0]
+    assert lines[0] == f"{TINY}: one cpu device: 1 seed(s), batch 64"
+    assert len(lines) == 3 and lines[2].startswith(f"{TINY} epoch 2/2: train loss ")
+    assert "images/s, ETA" in lines[1]
     assert (tmp_path / "notes.txt").read_text() == "not ours"
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_accuracy"] == \
@@ -78,7 +79,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(mnist):
 
 def test_nan_loss_stops_with_a_clear_message(mnist):
     with pytest.raises(FloatingPointError, match=r"^train: the loss is (nan|inf) at epoch 1, "
-                                                 r"step \d+ of 16; last finite loss: "):
+                                                 r"step \d+ of 16 \(seed 0\); last finite loss: "):
         _run(mnist, learning_rate=1e12, schedule="constant", momentum=0.0)
 
 

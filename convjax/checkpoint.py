@@ -1,0 +1,91 @@
+"""Training checkpoints with orbax: the state, the metrics so far and the config.
+
+Why orbax rather than our own files: it saves sharded and multi-host arrays (each
+process writes its own shards), restores them onto any sharding given by a target, and
+commits atomically: a checkpoint is written under a temporary name and renamed into place
+only once complete, so an interrupted save leaves nothing that
+:meth:`Checkpoints.latest_epoch` would return (tested by leaving such a partial
+directory behind).
+
+A checkpoint holds what the next epoch needs and nothing that can be recomputed: the
+seed-stacked :class:`~convjax.train.TrainState` (params, batch statistics, optimizer
+state with its step count, so the schedule continues), the per-epoch metrics, and the
+config (a resume with another config is refused). The data order and dropout of epoch
+``e`` come from ``fold_in(data_key, e)`` (:func:`convjax.train.seed_keys`), so a resumed
+run replays exactly the epochs an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+
+__all__ = ["Checkpoints"]
+
+
+class Checkpoints:
+    """The checkpoints of one run, in ``<output_dir>/checkpoints/<epoch>``.
+
+    Args:
+      output_dir: the run's output directory.
+      config: the run's :class:`~convjax.train.TrainConfig`.
+      max_to_keep: the newest this many are kept (older ones deleted by orbax).
+    """
+
+    def __init__(self, output_dir: str, config: Any, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = os.path.join(os.path.abspath(output_dir), "checkpoints")
+        self.config = dataclasses.asdict(config)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False),
+            item_names=("state", "meta"))
+
+    def latest_epoch(self) -> int | None:
+        """The last epoch with a complete checkpoint, or None."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def save(self, epoch: int, state: Any, history: list[dict]) -> None:
+        """Save after ``epoch``; returns once the checkpoint is committed."""
+        ocp = self._ocp
+        self._manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config,
+                                    "history": history})))
+        self._manager.wait_until_finished()
+
+    def restore(self, target: Any) -> tuple[Any, list[dict]] | None:
+        """``(state, history)`` of the latest checkpoint, with ``target``'s structure,
+        shapes, dtypes and shardings; None when there is none.
+
+        Raises:
+          ValueError: the checkpoint was written with another config.
+        """
+        epoch = self.latest_epoch()
+        if epoch is None:
+            return None
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        if meta["config"] != self.config:
+            diff = {k: (meta["config"].get(k), v) for k, v in self.config.items()
+                    if meta["config"].get(k) != v}
+            raise ValueError(
+                f"resume: the checkpoint in {self.directory} (epoch {epoch}) was written "
+                f"with another config; differing fields (checkpoint, now): {diff}. Use "
+                f"the same flags, or another output_dir")
+        state = jax.tree.unflatten(jax.tree.structure(target),
+                                   jax.tree.leaves(restored["state"]))
+        return state, list(meta["history"])
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,65 @@
+"""Runs a few tiny training runs in a fresh process and prints their results as JSON.
+
+Used by tests/test_seeds_devices.py in subprocesses, because the device count
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and ``jax.distributed`` must be
+set before JAX starts:
+
+    python -m tests.parallel_worker MNIST_DIR devices
+    python -m tests.parallel_worker MNIST_DIR process PORT NUM_PROCESSES PROCESS_ID
+"""
+
+import json
+import sys
+
+
+def _splits(data_dir):
+    from convjax import data
+    tr = data.load("mnist", "train", data_dir=data_dir)
+    te = data.load("mnist", "test", data_dir=data_dir)
+    return (data.Split(tr.images[:512], tr.labels[:512]),
+            data.Split(te.images[:200], te.labels[:200]))
+
+
+def _run(splits, parallel, seeds=1, batch_size=64, strategy="auto"):
+    import jax
+    import numpy as np
+    from convjax import train
+    config = train.TrainConfig(model="plain-k3-w8-h32", epochs=2, batch_size=batch_size,
+                               seeds=seeds, eval_batch_size=40)
+    r = train.train_and_evaluate(config, train_split=splits[0], test_split=splits[1],
+                                 progress=None, parallel=parallel, seed_strategy=strategy)
+    from convjax.parallel import fetch
+    kernel = fetch(jax.tree.leaves(r.state.params)[0])
+    return {"mode": r.summary["parallel"], "devices": len(r.summary["devices"]),
+            "per_seed": [e["per_seed"] for e in r.epochs],
+            "kernel_sum": [float(np.abs(kernel[i]).sum()) for i in range(seeds)]}
+
+
+def main(argv):
+    data_dir, what = argv[1], argv[2]
+    if what == "devices":
+        import jax
+        splits = _splits(data_dir)
+        out = {"count": jax.device_count(),
+               "single": _run(splits, "single", seeds=8),
+               "data": _run(splits, "data", seeds=8),
+               "seeds": _run(splits, "seeds", seeds=8),
+               "auto_1": _run(splits, "auto", seeds=1),
+               "auto_8": _run(splits, "auto", seeds=8)}
+        try:
+            _run(splits, "data", batch_size=60)
+        except ValueError as e:
+            out["error"] = str(e)
+    else:
+        port, num, pid = int(argv[3]), int(argv[4]), int(argv[5])
+        from convjax import parallel
+        if num > 1:
+            parallel.initialize_distributed(f"127.0.0.1:{port}", num, pid)
+        import jax
+        out = {"processes": jax.process_count(), "run": _run(_splits(data_dir), "data",
+                                                                   seeds=2)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
