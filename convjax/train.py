@@ -554,7 +554,7 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
                          f"{len(history)}")
 
     jsonl = None
-    if output_dir:
+    if output_dir and jax.process_index() == 0:  # one writer when several processes run
         os.makedirs(output_dir, exist_ok=True)
         jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "w")
         for row in history:

@@ -49,8 +49,12 @@ flags.DEFINE_integer("train_examples", 0, "Use only the first N training images 
                      "for smoke tests).")
 flags.DEFINE_bool("baseline", True, "Also time the Flax-example loop with stock flags.")
 flags.DEFINE_string("output_dir", "runs/benchmark_train", "Where the JSON goes.")
-flags.DEFINE_enum("worker", None, ["engine", "baseline"], "Internal: run one measurement "
-                  "and print it as JSON.")
+flags.DEFINE_integer("seeds", 4, "Also time this many seeds trained at once against as "
+                     "many separate single-seed runs (0: skip).")
+flags.DEFINE_integer("seeds_train_examples", 20000, "Training images per epoch in the seeds "
+                     "measurement (0: all).")
+flags.DEFINE_enum("worker", None, ["engine", "baseline", "seeds"], "Internal: run one "
+                  "measurement and print it as JSON.")
 
 
 def _peak_gflops(repeats: int = 10) -> float:
@@ -89,6 +93,33 @@ def _engine(data_dir, epochs, batch_size, train_examples=0) -> dict:
             "flops_per_image": result.summary["flops_per_image"],
             "xla_flops_per_image": xla.train_xla / batch_size,
             "final_train_loss": timed[-1]["train_loss"], "peak_gflops": _peak_gflops()}
+
+
+def _seeds(data_dir, epochs, batch_size, train_examples=0) -> dict:
+    """``--seeds`` seeds in one program (the engine's default strategy, and ``vmap``)
+    against as many separate single-seed runs, same data and epochs; training seconds
+    only (no compile, no evaluation), all in this process."""
+    from convjax import data, train
+
+    tr = data.load("mnist", "train", data_dir=data_dir)
+    te = data.load("mnist", "test", data_dir=data_dir)
+    n = FLAGS.seeds_train_examples or len(tr.labels)
+    tr = data.Split(tr.images[:n], tr.labels[:n])
+    s = FLAGS.seeds
+
+    def seconds(seeds, seed=0, strategy="auto"):
+        config = train.TrainConfig(model="flax-example", batch_size=batch_size,
+                                   epochs=epochs, seed=seed, seeds=seeds)
+        r = train.train_and_evaluate(config, train_split=tr, test_split=te, progress=None,
+                                     seed_strategy=strategy)
+        return r.summary["train_seconds"]
+
+    together = seconds(s)
+    vmapped = seconds(s, strategy="vmap")
+    separate = sum(seconds(1, seed=i) for i in range(s))
+    return {"seeds": s, "train_examples": n, "epochs": epochs, "together_seconds": together,
+            "vmap_seconds": vmapped, "separate_seconds": separate,
+            "ratio": together / separate, "vmap_ratio": vmapped / separate}
 
 
 def _baseline(data_dir, epochs, batch_size, train_examples=0) -> dict:
@@ -164,7 +195,8 @@ def _spawn(worker: str, xla_flags: str | None) -> dict:
     env["XLA_FLAGS"] = flags_
     cmd = [sys.executable, "-m", "experiments.benchmark_train", f"--worker={worker}",
            f"--epochs={FLAGS.epochs}", f"--batch_size={FLAGS.batch_size}",
-           f"--train_examples={FLAGS.train_examples}"]
+           f"--train_examples={FLAGS.train_examples}", f"--seeds={FLAGS.seeds}",
+           f"--seeds_train_examples={FLAGS.seeds_train_examples}"]
     if FLAGS.data_dir:
         cmd.append(f"--data_dir={FLAGS.data_dir}")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -179,7 +211,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.worker:
-        fn = _engine if FLAGS.worker == "engine" else _baseline
+        fn = {"engine": _engine, "baseline": _baseline, "seeds": _seeds}[FLAGS.worker]
         print(json.dumps(fn(FLAGS.data_dir, FLAGS.epochs, FLAGS.batch_size,
                             FLAGS.train_examples)))
         return 0
@@ -214,10 +246,19 @@ def main(argv):
     lines.append(f"FLOPs per training image: {first['flops_per_image']:,} (analysis: forward + "
                  f"gradients, every tap) vs {first['xla_flops_per_image']:,.0f} (XLA cost "
                  f"analysis of one step / batch)")
+    seeds = None
+    if FLAGS.seeds:
+        seeds = _spawn("seeds", "--xla_cpu_experimental_ynn_fusion_type=")
+        lines.append(
+            f"{seeds['seeds']} seeds at once: {seeds['together_seconds']:.1f} s (vmap: "
+            f"{seeds['vmap_seconds']:.1f} s) vs {seeds['seeds']} separate runs "
+            f"{seeds['separate_seconds']:.1f} s: ratio {seeds['ratio']:.3f} (vmap "
+            f"{seeds['vmap_ratio']:.3f}); {seeds['epochs']} epoch(s) of "
+            f"{seeds['train_examples']:,} images, training time only")
     print("\n".join(lines))
     from convjax.train import write_json
     write_json(os.path.join(FLAGS.output_dir, "benchmark_train.json"),
-               {"rows": rows, "table": lines, "batch_size": FLAGS.batch_size,
+               {"rows": rows, "seeds": seeds, "table": lines, "batch_size": FLAGS.batch_size,
                 "epochs": FLAGS.epochs})
     return 0
 

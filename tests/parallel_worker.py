@@ -20,14 +20,26 @@ def _splits(data_dir):
             data.Split(te.images[:200], te.labels[:200]))
 
 
-def _run(splits, parallel, seeds=1, batch_size=64, strategy="auto"):
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_epoch_1(line):
+    if " epoch 1/2" in line:
+        raise _Interrupt
+
+
+def _run(splits, parallel, seeds=1, batch_size=64, strategy="auto", output_dir=None,
+         resume=False, progress=None):
     import jax
     import numpy as np
     from convjax import train
     config = train.TrainConfig(model="plain-k3-w8-h32", epochs=2, batch_size=batch_size,
                                seeds=seeds, eval_batch_size=40)
     r = train.train_and_evaluate(config, train_split=splits[0], test_split=splits[1],
-                                 progress=None, parallel=parallel, seed_strategy=strategy)
+                                 progress=progress, parallel=parallel,
+                                 seed_strategy=strategy, output_dir=output_dir,
+                                 checkpoint_every=1 if output_dir else 0, resume=resume)
     from convjax.parallel import fetch
     kernel = fetch(jax.tree.leaves(r.state.params)[0])
     return {"mode": r.summary["parallel"], "devices": len(r.summary["devices"]),
@@ -50,6 +62,15 @@ def main(argv):
             _run(splits, "data", batch_size=60)
         except ValueError as e:
             out["error"] = str(e)
+        # Checkpoints of seed-sharded state: interrupted after epoch 1, then resumed.
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                _run(splits, "seeds", seeds=8, output_dir=tmp, progress=_stop_after_epoch_1)
+            except _Interrupt:
+                pass
+            out["seeds_resumed"] = _run(splits, "seeds", seeds=8, output_dir=tmp,
+                                        resume=True)
     else:
         port, num, pid = int(argv[3]), int(argv[4]), int(argv[5])
         from convjax import parallel

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
@@ -36,14 +38,19 @@ def test_benchmark_depthwise_checks_variants_agree_and_prints():
 def test_benchmark_train_measures_engine_and_baseline(tmp_path):
     mnist = ROOT.parent / "shared" / "data" / "mnist"
     if not mnist.is_dir():
-        import pytest
         pytest.skip(f"no MNIST at {mnist}")
     out = _run("experiments.benchmark_train", f"--data_dir={mnist}", "--epochs=1",
-               "--train_examples=512", "--ynn_values=,stock", f"--output_dir={tmp_path}")
+               "--train_examples=512", "--ynn_values=,stock", "--seeds=2",
+               "--seeds_train_examples=512", f"--output_dir={tmp_path}")
     assert "engine[=]" in out and "engine[stock]" in out and "baseline" in out
+    assert "2 seeds at once: " in out and "vs 2 separate runs" in out
     assert "FLOPs per training image: 27,411,456" in out
     payload = json.loads((tmp_path / "benchmark_train.json").read_text())
     rows = payload["rows"]
+    seeds = payload["seeds"]
+    assert seeds["seeds"] == 2 and seeds["ratio"] > 0 and seeds["vmap_ratio"] > 0
+    assert seeds["ratio"] == pytest.approx(seeds["together_seconds"] /
+                                           seeds["separate_seconds"])
     engine = rows["engine[=]"]
     assert engine["xla_flags"].endswith("--xla_cpu_experimental_ynn_fusion_type=")
     assert "ynn" not in rows["baseline (Flax example loop, stock)"]["xla_flags"]
