@@ -460,9 +460,8 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
       resume: continue from the latest checkpoint in ``output_dir`` if there is one (the
         config must be the same); the result is bit-identical to an uninterrupted run
         on the same machine.
-      seed_strategy: how the step maps over the seeds (:func:`over_seeds`); ``auto``:
-        ``vmap`` when the seeds are spread over devices, else loop on CPU and vmap on
-        TPU/GPU.
+      seed_strategy: how the step maps over each device's seeds (:func:`over_seeds`);
+        ``auto``: loop on CPU, vmap on TPU/GPU.
 
     Returns:
       :class:`RunResult`; ``state`` leaves carry a leading seed axis ``[S, ...]``.
@@ -509,10 +508,9 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     data_keys = PL.put(data_keys, placement.state)
     images, labels = PL.put(images, placement.data), PL.put(labels, placement.data)
 
-    if seed_strategy == "auto":
-        seed_strategy = "vmap" if placement.mode == "seeds" else "auto"
-    one_epoch = train_epoch_fn(model, tx, config.batch_size, n, placement.batch,
-                               seed_strategy)
+    one_epoch = PL.per_device_seeds(
+        train_epoch_fn(model, tx, config.batch_size, n, placement.batch, seed_strategy),
+        placement, n_shared=2, n_out=3)
 
     def epoch_fn(state, data_keys, epoch, images, labels):
         epoch_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.wrap_key_data(k),
@@ -528,8 +526,10 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
         evals["validation"] = val_split
     compiled_evals = {}
     for name, split in evals.items():
-        fn = over_seeds(evaluate_fn(model, config.eval_batch_size, len(split.labels),
-                                    placement.eval_batch), (0, 0, None, None), seed_strategy)
+        fn = PL.per_device_seeds(
+            over_seeds(evaluate_fn(model, config.eval_batch_size, len(split.labels),
+                                   placement.eval_batch), (0, 0, None, None), seed_strategy),
+            placement, n_shared=2, n_out=2)
         x = PL.put(np.asarray(split.images), placement.data)
         y = PL.put(np.asarray(split.labels), placement.data)
         compiled_evals[name] = (jax.jit(fn).lower(state.params, state.batch_stats, x, y)
