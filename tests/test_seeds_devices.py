@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convjax import data, parallel
+from convjax import parallel
 from convjax import train as T
+from tests.conftest import mnist_slices
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
@@ -25,12 +26,7 @@ TIMING = ("train_seconds", "images_per_second", "eval_seconds", "eval_images_per
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"no MNIST at {MNIST_DIR}")
-    tr = data.load("mnist", "train", data_dir=MNIST_DIR)
-    te = data.load("mnist", "test", data_dir=MNIST_DIR)
-    return (data.Split(tr.images[:512], tr.labels[:512]),
-            data.Split(te.images[:200], te.labels[:200]))
+    return mnist_slices(512, 200)
 
 
 def _run(mnist, tmp_path=None, progress=None, **kw):

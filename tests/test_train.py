@@ -12,8 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from convjax import data, models
+from convjax import models
 from convjax import train as T
+from tests.conftest import mnist_slices
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
@@ -23,12 +24,7 @@ TINY = "plain-k3-w8-h32"
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"no MNIST at {MNIST_DIR}")
-    train = data.load("mnist", "train", data_dir=MNIST_DIR)
-    test = data.load("mnist", "test", data_dir=MNIST_DIR)
-    return (data.Split(train.images[:1024], train.labels[:1024]),
-            data.Split(test.images[:300], test.labels[:300]))
+    return mnist_slices(1024, 300)
 
 
 def _run(mnist, tmp_path=None, **kw):
