@@ -83,9 +83,7 @@ class Checkpoints:
                 f"resume: the checkpoint in {self.directory} (epoch {epoch}) was written "
                 f"with another config; differing fields (checkpoint, now): {diff}. Use "
                 f"the same flags, or another output_dir")
-        state = jax.tree.unflatten(jax.tree.structure(target),
-                                   jax.tree.leaves(restored["state"]))
-        return state, list(meta["history"])
+        return restored["state"], list(meta["history"])
 
     def close(self) -> None:
         self._manager.close()

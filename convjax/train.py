@@ -197,9 +197,15 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
     """The training examples of one epoch, ``[S, batch_size]`` indices (``S = N //
     batch_size`` steps, the shuffled remainder dropped), for the epoch key ``key``."""
     steps = num_examples // batch_size
-    perm_key = jax.random.split(key)[0]
+    perm_key, _ = _epoch_subkeys(key)
     return jax.random.permutation(perm_key, num_examples)[:steps * batch_size].reshape(
         steps, batch_size)
+
+
+def _epoch_subkeys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(shuffle key, dropout key)`` of an epoch key."""
+    perm_key, drop_key = jax.random.split(key)
+    return perm_key, drop_key
 
 
 SEED_STRATEGIES = ("auto", "vmap", "loop")
@@ -277,7 +283,7 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
 
     def epoch(state, keys, images, labels):
         orders = jax.vmap(lambda k: epoch_order(k, labels.shape[0], batch_size))(keys)
-        step_keys = jax.vmap(lambda k: jax.random.split(jax.random.split(k)[1], steps))(keys)
+        step_keys = jax.vmap(lambda k: jax.random.split(_epoch_subkeys(k)[1], steps))(keys)
         (state, _, _), (losses, accs) = jax.lax.scan(
             body, (state, images, labels), (jnp.swapaxes(orders, 0, 1),
                                             jnp.swapaxes(step_keys, 0, 1)))
@@ -625,7 +631,8 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
         "train_seconds": train_seconds,
         "eval_images_per_second": float(np.median([h["eval_images_per_second"]
                                                    for h in history])),
-        "params": M.count_params({"params": jax.tree.map(lambda a: a[0], state.params)}),
+        "params": M.count_params({"params": jax.tree.map(  # one seed's, from shapes
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state.params)}),
         "flops_per_image": _flops_per_image(model, input_shape),
         "devices": [str(d) for d in placement.mesh.devices.flat],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

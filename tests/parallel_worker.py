@@ -13,11 +13,8 @@ import sys
 
 
 def _splits(data_dir):
-    from convjax import data
-    tr = data.load("mnist", "train", data_dir=data_dir)
-    te = data.load("mnist", "test", data_dir=data_dir)
-    return (data.Split(tr.images[:512], tr.labels[:512]),
-            data.Split(te.images[:200], te.labels[:200]))
+    from tests.conftest import mnist_slices
+    return mnist_slices(512, 200, data_dir)
 
 
 class _Interrupt(Exception):
