@@ -17,13 +17,28 @@ run replays exactly the epochs an uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
 
 import jax
 
-__all__ = ["Checkpoints"]
+__all__ = ["Checkpoints", "quiet_orbax"]
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Hold absl logging at WARNING for the block: orbax logs dozens of INFO lines per
+    save, which would bury the progress lines."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(min(level, logging.WARNING))  # absl: higher is more verbose
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 class Checkpoints:
@@ -55,11 +70,12 @@ class Checkpoints:
     def save(self, epoch: int, state: Any, history: list[dict]) -> None:
         """Save after ``epoch``; returns once the checkpoint is committed."""
         ocp = self._ocp
-        self._manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config,
-                                    "history": history})))
-        self._manager.wait_until_finished()
+        with quiet_orbax():
+            self._manager.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave({"epoch": epoch, "config": self.config,
+                                        "history": history})))
+            self._manager.wait_until_finished()
 
     def restore(self, target: Any) -> tuple[Any, list[dict]] | None:
         """``(state, history)`` of the latest checkpoint, with ``target``'s structure,
@@ -73,8 +89,9 @@ class Checkpoints:
             return None
         ocp = self._ocp
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        with quiet_orbax():
+            restored = self._manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
         if meta["config"] != self.config:
             diff = {k: (meta["config"].get(k), v) for k, v in self.config.items()

@@ -42,6 +42,9 @@ __all__ = ["TrainConfig", "TrainState", "make_schedule", "make_optimizer", "crea
            "make_evaluate", "over_seeds", "SEED_STRATEGIES", "train_and_evaluate", "RunResult",
            "OPTIMIZERS", "SCHEDULES", "YNN_FLAG", "default_xla_flags", "write_json"]
 
+#: Points of each epoch's training-loss curve in the metrics (means of equal runs of steps).
+CURVE_POINTS = 20
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 
@@ -240,7 +243,8 @@ def over_seeds(fn: Callable, in_axes: tuple, strategy: str = "vmap") -> Callable
 
 def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
                    num_examples: int, batch_sharding: Any = None,
-                   strategy: str = "auto") -> Callable:
+                   strategy: str = "auto", report: Callable | None = None,
+                   report_every: int = 0) -> Callable:
     """The pure, un-jitted epoch of ``S`` seeds: ``epoch(state, keys, images, labels) ->
     (state, losses [S, steps], accuracies [S, steps])``. Every leaf of ``state`` and
     ``keys`` (one epoch key per seed, see :func:`seed_keys`) has a leading seed axis;
@@ -248,8 +252,13 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
     the device. Each seed's key shuffles the data for that seed and drives its dropout;
     ``steps = N // batch_size``. ``batch_sharding``: where each step's batch goes (data
     parallelism: split over a mesh axis), or None. ``strategy``: how the step maps over
-    the seeds (:func:`over_seeds`)."""
+    the seeds (:func:`over_seeds`). ``report``: called on the host as ``report(step,
+    loss, accuracy)`` (that step's values, means over the seeds) after every
+    ``report_every`` steps, for progress within an epoch (one device only)."""
     steps = num_examples // batch_size
+    if report is not None and report_every < 1:
+        raise ValueError(f"train: report_every must be >= 1 with a report callback, got "
+                         f"{report_every!r}")
     if steps < 1:
         raise ValueError(f"train: batch_size={batch_size} is larger than the {num_examples} "
                          f"training examples")
@@ -277,8 +286,13 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
 
     def body(carry, inputs):
         state, images, labels = carry
-        idx, keys = inputs                                  # [S, B], [S]
+        idx, keys, i = inputs                               # [S, B], [S], step index
         state, out = seeds_step(state, idx, keys, images, labels)
+        if report is not None:  # a host callback every report_every steps
+            jax.lax.cond((i + 1) % report_every == 0,
+                         lambda: jax.debug.callback(report, i + 1, out[0].mean(),
+                                                    out[1].mean()),
+                         lambda: None)
         return (state, images, labels), out
 
     def epoch(state, keys, images, labels):
@@ -286,7 +300,8 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
         step_keys = jax.vmap(lambda k: jax.random.split(_epoch_subkeys(k)[1], steps))(keys)
         (state, _, _), (losses, accs) = jax.lax.scan(
             body, (state, images, labels), (jnp.swapaxes(orders, 0, 1),
-                                            jnp.swapaxes(step_keys, 0, 1)))
+                                            jnp.swapaxes(step_keys, 0, 1),
+                                            jnp.arange(steps)))
         return state, losses.T, accs.T
 
     return epoch
@@ -307,10 +322,11 @@ def make_train_epoch(model, tx: optax.GradientTransformation, batch_size: int,
 
 
 def evaluate_fn(model, eval_batch_size: int, num_examples: int,
-                batch_sharding: Any = None) -> Callable:
+                batch_sharding: Any = None, with_predictions: bool = False) -> Callable:
     """The pure evaluation of one seed: ``evaluate(params, batch_stats, images, labels)
     -> (mean loss, accuracy)`` over fixed batches of ``eval_batch_size``, the last one
-    masked, every image counted once."""
+    masked, every image counted once. ``with_predictions``: also return the predicted
+    class of every image, ``[N]`` int32 (the argmax of the logits)."""
     batches = -(-num_examples // eval_batch_size)
     idx = np.minimum(np.arange(batches * eval_batch_size), num_examples - 1)
     mask = (np.arange(batches * eval_batch_size) < num_examples).astype(np.float32)
@@ -325,11 +341,16 @@ def evaluate_fn(model, eval_batch_size: int, num_examples: int,
             logits, _ = _apply(model, params, batch_stats, x, train=False)
             y = labels[i]
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-            return (totals[0] + jnp.sum(loss * m), totals[1] + jnp.sum(correct * m)), None
+            classes = jnp.argmax(logits, -1).astype(jnp.int32)
+            correct = (classes == y).astype(jnp.float32)
+            return ((totals[0] + jnp.sum(loss * m), totals[1] + jnp.sum(correct * m)),
+                    classes if with_predictions else None)
 
-        (loss, correct), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())),
-                                          (jnp.asarray(idx), jnp.asarray(mask)))
+        (loss, correct), classes = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())),
+                                                (jnp.asarray(idx), jnp.asarray(mask)))
+        if with_predictions:
+            return (loss / num_examples, correct / num_examples,
+                    classes.reshape(-1)[:num_examples])
         return loss / num_examples, correct / num_examples
 
     return evaluate
@@ -389,16 +410,22 @@ class RunResult:
     Attributes:
       epochs: one dict per epoch (``epoch``, ``train_loss``, ``train_accuracy``,
         ``test_loss``, ``test_accuracy``, ``validation_*`` when used: means over the
-        seeds; ``per_seed``: the same per seed, each with its ``seed``;
+        seeds; ``per_seed``: the same per seed, each with its ``seed`` and its
+        ``train_loss_curve`` (the epoch's training loss as :data:`CURVE_POINTS` means of
+        consecutive runs of steps);
         ``images_per_second`` (all seeds' images), ``train_seconds``, ``eval_seconds``,
         ``learning_rate``), accuracies as fractions.
       summary: the run's ``metrics.json`` content.
       state: the final :class:`TrainState`, every leaf with a leading seed axis.
+      predictions: the predicted class of every test image after the last epoch trained
+        in this call, ``[S, N_test]`` int32 (None when a resumed run had nothing left to
+        train).
     """
 
     epochs: list[dict[str, Any]]
     summary: dict[str, Any]
     state: TrainState
+    predictions: np.ndarray | None = None
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -514,8 +541,11 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     data_keys = PL.put(data_keys, placement.state)
     images, labels = PL.put(images, placement.data), PL.put(labels, placement.data)
 
+    clock = {"epoch": 0, "start": time.perf_counter()}
     one_epoch = PL.per_device_seeds(
-        train_epoch_fn(model, tx, config.batch_size, n, placement.batch, seed_strategy),
+        train_epoch_fn(model, tx, config.batch_size, n, placement.batch, seed_strategy,
+                       *_in_epoch_report(progress, placement, config, steps, len(seeds),
+                                        clock)),
         placement, n_shared=2, n_out=3)
 
     def epoch_fn(state, data_keys, epoch, images, labels):
@@ -534,14 +564,16 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     for name, split in evals.items():
         fn = PL.per_device_seeds(
             over_seeds(evaluate_fn(model, config.eval_batch_size, len(split.labels),
-                                   placement.eval_batch), (0, 0, None, None), seed_strategy),
-            placement, n_shared=2, n_out=2)
+                                   placement.eval_batch, with_predictions=name == "test"),
+                       (0, 0, None, None), seed_strategy),
+            placement, n_shared=2, n_out=3 if name == "test" else 2)
         x = PL.put(np.asarray(split.images), placement.data)
         y = PL.put(np.asarray(split.labels), placement.data)
         compiled_evals[name] = (jax.jit(fn).lower(state.params, state.batch_stats, x, y)
                                 .compile(), x, y)
 
     history: list[dict[str, Any]] = []
+    predictions = None
     manager = C.Checkpoints(output_dir, config) if output_dir and (checkpoint_every or
                                                                    resume) else None
     first_epoch = 1
@@ -570,6 +602,7 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     try:
         for epoch in range(first_epoch, config.epochs + 1):
             t0 = time.perf_counter()
+            clock.update(epoch=epoch, start=t0)
             state, losses, accs = compiled(state, data_keys, epoch, images, labels)
             losses = PL.fetch(jax.block_until_ready(losses))               # [S, steps]
             accs = PL.fetch(accs)
@@ -581,19 +614,23 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
                    "images_per_second": len(seeds) * steps * config.batch_size / seconds,
                    "learning_rate": float(schedule(epoch * steps - 1))}
             per_seed = [{"seed": seed, "train_loss": float(losses[i].mean()),
-                         "train_accuracy": float(accs[i].mean())}
+                         "train_accuracy": float(accs[i].mean()),
+                         "train_loss_curve": [float(c.mean()) for c in np.array_split(
+                             losses[i], min(CURVE_POINTS, steps))]}
                         for i, seed in enumerate(seeds)]
             t0 = time.perf_counter()
             for name, (fn, x, y) in compiled_evals.items():
-                loss, acc = fn(state.params, state.batch_stats, x, y)
+                loss, acc, *classes = fn(state.params, state.batch_stats, x, y)
                 loss, acc = PL.fetch(loss), PL.fetch(acc)
+                if classes:
+                    predictions = classes[0]
                 for i, r in enumerate(per_seed):
                     r[f"{name}_loss"], r[f"{name}_accuracy"] = float(loss[i]), float(acc[i])
             row["eval_seconds"] = time.perf_counter() - t0
             row["eval_images_per_second"] = len(seeds) * sum(
                 len(v[2]) for v in compiled_evals.values()) / row["eval_seconds"]
             for k in per_seed[0]:
-                if k != "seed":
+                if k not in ("seed", "train_loss_curve"):
                     row[k] = float(np.mean([r[k] for r in per_seed]))
             row["per_seed"] = per_seed
             history.append(row)
@@ -641,7 +678,35 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     }
     if output_dir and jax.process_index() == 0:
         write_json(os.path.join(output_dir, "metrics.json"), summary)
-    return RunResult(history, summary, state)
+    if predictions is not None:
+        predictions = PL.fetch(predictions)
+    return RunResult(history, summary, state, predictions)
+
+
+def _in_epoch_report(progress, placement, config: TrainConfig, steps: int, n_seeds: int,
+                     clock: dict) -> tuple[Callable | None, int]:
+    """``(report, report_every)`` for :func:`train_epoch_fn`: a line a few times per
+    epoch (never more than every 10 s) when ``progress`` is given and one device runs the
+    epoch; ``(None, 0)`` otherwise (the compiled epoch is then exactly the plain one).
+    ``clock``: ``{"epoch", "start"}``, kept current by the epoch loop."""
+    if progress is None or placement.mode != "single" or jax.process_count() > 1:
+        return None, 0
+    every = max(1, steps // 8)
+    last = [0.0]
+
+    def report(step, loss, acc):
+        now = time.perf_counter()
+        if now - max(last[0], clock["start"]) < 10 or int(step) >= steps:
+            return
+        last[0] = now
+        seconds = now - clock["start"]
+        rate = n_seeds * int(step) * config.batch_size / max(seconds, 1e-9)
+        eta = seconds / int(step) * (steps - int(step))
+        mean = " (mean of seeds)" if n_seeds > 1 else ""
+        progress(f"{config.model} epoch {clock['epoch']}/{config.epochs} step {int(step)}/"
+                 f"{steps}{mean}: train loss {float(loss):.4f} acc {float(acc):.4f}, "
+                 f"{rate:,.0f} images/s, epoch ETA {eta:.0f} s")
+    return report, every
 
 
 def _check_finite(losses: np.ndarray, epoch: int, history: list[dict], seed: int,

@@ -89,6 +89,43 @@ def test_evaluation_counts_every_image_once(mnist):
     want_acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     assert float(acc) == pytest.approx(float(want_acc), abs=1e-7)
+    # with_predictions: the class of every image, the last partial batch included.
+    loss2, acc2, classes = jax.jit(T.evaluate_fn(model, 128, 300, with_predictions=True))(
+        v["params"], {}, images, labels)
+    np.testing.assert_array_equal(np.asarray(classes), np.argmax(np.asarray(logits), -1))
+    assert float(loss2) == float(loss) and float(acc2) == float(acc)
+
+
+def test_run_returns_the_last_epochs_test_predictions(mnist):
+    r = _run(mnist, seeds=2)
+    assert r.predictions.shape == (2, 300)
+    for i in range(2):
+        acc = np.mean(r.predictions[i] == np.asarray(mnist[1].labels))
+        assert acc == pytest.approx(r.epochs[-1]["per_seed"][i]["test_accuracy"], abs=1e-6)
+        assert len(r.epochs[-1]["per_seed"][i]["train_loss_curve"]) == 16  # 16 steps < 20
+
+
+def test_in_epoch_report_is_called_every_n_steps_without_changing_results(mnist):
+    model = models.get(TINY)
+    tx = optax.sgd(0.1)
+    state = jax.vmap(lambda k: T.create_state(model, tx, k, (28, 28, 1)))(
+        jax.random.split(jax.random.key(0), 1))
+    keys = jax.random.split(jax.random.key(1), 1)
+    images, labels = mnist[0]
+    calls = []
+    report = lambda step, loss, acc: calls.append((int(step), float(loss), float(acc)))  # noqa
+    plain = jax.jit(T.train_epoch_fn(model, tx, 64, 1024))
+    reported = jax.jit(T.train_epoch_fn(model, tx, 64, 1024, report=report, report_every=5))
+    _, losses, accs = plain(state, keys, images, labels)
+    _, losses2, _ = reported(state, keys, images, labels)
+    jax.effects_barrier()
+    assert [c[0] for c in sorted(calls)] == [5, 10, 15]
+    for step, loss, acc in calls:
+        assert loss == pytest.approx(float(losses[0, step - 1]), rel=1e-6)
+        assert acc == pytest.approx(float(accs[0, step - 1]), abs=1e-7)
+    np.testing.assert_allclose(np.asarray(losses2), np.asarray(losses), rtol=1e-6)
+    with pytest.raises(ValueError, match="report_every must be >= 1"):
+        T.train_epoch_fn(model, tx, 64, 1024, report=report)
 
 
 def test_schedules():

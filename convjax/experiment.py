@@ -1,0 +1,643 @@
+"""Experiments: train a list of model configs over several seeds, write results a
+reviewer can check, and say which differences are larger than the seed noise.
+
+:func:`run` is what the scripts (``python -m experiments.bottleneck``,
+``experiments.kernel_sizes``, ``experiments.filter_counts``) call; they only build the
+:class:`Experiment` (which configs, which pairs to compare) and the
+:class:`~convjax.train.TrainConfig`. Everything goes to the top level of ``output_dir``:
+
+* ``results.jsonl``: one row per (config, seed), appended as soon as that run finishes
+  (the file is rewritten atomically, so a kill leaves the old or the new file, never half
+  a line); see :data:`ROW_KEYS`;
+* ``params/<config_id>/seed_<seed>/``: the final variables (``params``, and
+  ``batch_stats`` if any), saved with orbax (:func:`load_variables` reads them back);
+* ``predictions/<config_id>/seed_<seed>.npy``: the predicted class of every test image
+  (``uint8 [n_test]``, 10 KB for MNIST), and ``predictions/test_labels.npy``, for
+  McNemar's test and later analyses;
+* ``summary.md``, ``summary.csv``: per config the mean, standard deviation and 95%
+  t-interval of test accuracy over seeds, params, FLOPs, time; per pair of the
+  experiment, the paired difference and a sentence saying whether it exceeds the seed
+  noise (:mod:`convjax.stats`);
+* ``accuracy_vs_flops.png``, ``accuracy_vs_params.png``, ``learning_curves.png``.
+
+Running the same command again resumes: the (config, seed) runs already in
+``results.jsonl`` are skipped, the missing seeds of a config are trained (each seed's
+result does not depend on which seeds train beside it), and the summary is rebuilt from
+all rows. Rows written with other training settings are refused, not mixed in. Nothing
+else in ``output_dir`` is touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from convjax import analysis as A
+from convjax import data as D
+from convjax import models as M
+from convjax import stats
+from convjax import train as T
+from convjax.checkpoint import quiet_orbax
+
+__all__ = ["Experiment", "Pair", "run", "read_results", "load_variables", "summarize",
+           "ROW_KEYS", "TRAIN_KEYS"]
+
+#: The keys of every row of ``results.jsonl``, in order.
+ROW_KEYS = ("config_id", "config", "seed", "experiment", "train", "test_accuracy",
+            "test_loss", "best_epoch", "last_epoch", "epochs", "params", "flops_per_image",
+            "train_flops_per_image", "train_seconds", "compile_seconds", "images_per_second",
+            "seeds_trained_together", "test_examples", "device_kind", "devices",
+            "jax_version", "flax_version", "git_commit", "finished_at")
+
+#: The training settings that must agree between rows that are summarized together.
+TRAIN_KEYS = ("dataset", "epochs", "batch_size", "optimizer", "learning_rate", "momentum",
+              "weight_decay", "schedule", "warmup_epochs", "validation_size",
+              "train_examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """Two configs the experiment compares: is ``a`` better or worse than ``b``?
+    ``question`` says what the pair is about, e.g. ``"1x1 bottleneck r=8 vs plain 3x3"``."""
+
+    a: str
+    b: str
+    question: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named list of model configs and the pairs it compares.
+
+    Attributes:
+      name: ``bottleneck``, ``kernel_sizes``, ...
+      title: one line for the summary's heading.
+      configs: model ids of :mod:`convjax.models`, in the order they are trained and
+        shown.
+      pairs: the comparisons the summary states in words.
+      notes: lines under the heading (what is held fixed, what ``C`` or ``r`` mean).
+    """
+
+    name: str
+    title: str
+    configs: tuple[str, ...]
+    pairs: tuple[Pair, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "configs", tuple(self.configs))
+        object.__setattr__(self, "pairs", tuple(self.pairs))
+        if not self.configs:
+            raise ValueError(f"Experiment {self.name!r}: needs at least one config")
+        for mid in self.configs:
+            M.parse(mid)  # canonical ids only: one id per config
+        if len(set(self.configs)) != len(self.configs):
+            raise ValueError(f"Experiment {self.name!r}: a config is listed twice in "
+                             f"{self.configs}")
+        for p in self.pairs:
+            for mid in (p.a, p.b):
+                if mid not in self.configs:
+                    raise ValueError(f"Experiment {self.name!r}: pair {p.question!r} names "
+                                     f"{mid!r}, which is not one of its configs")
+
+    def select(self, ids: Sequence[str] | None) -> "Experiment":
+        """The experiment restricted to ``ids`` (in the experiment's order), keeping the
+        pairs whose two configs are both kept; ``None`` or empty: all of it."""
+        if not ids:
+            return self
+        unknown = [i for i in ids if i not in self.configs]
+        if unknown:
+            raise ValueError(f"configs: {unknown} are not configs of the {self.name} "
+                             f"experiment; its configs are: {', '.join(self.configs)}")
+        keep = tuple(c for c in self.configs if c in ids)
+        return dataclasses.replace(self, configs=keep, pairs=tuple(
+            p for p in self.pairs if p.a in keep and p.b in keep))
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_results(output_dir: str) -> list[dict]:
+    """The rows of ``<output_dir>/results.jsonl`` (empty if there is none).
+
+    Raises:
+      ValueError: a line is not a JSON object with the :data:`ROW_KEYS`, or a
+        (config_id, seed) appears twice.
+    """
+    path = os.path.join(output_dir, "results.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows, seen = [], set()
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"results: line {n} of {path} is not JSON ({e}); it was not "
+                                 f"written by this code (rows are written atomically)") from e
+            missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ValueError(f"results: line {n} of {path} lacks the keys {missing}")
+            key = (row["config_id"], row["seed"])
+            if key in seen:
+                raise ValueError(f"results: {key} appears twice in {path} (line {n})")
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def _append_row(output_dir: str, row: dict) -> None:
+    path = os.path.join(output_dir, "results.jsonl")
+    old = open(path, "rb").read() if os.path.exists(path) else b""
+    if old and not old.endswith(b"\n"):
+        raise ValueError(f"results: {path} does not end with a newline; it was not written "
+                         f"by this code")
+    _atomic_write(path, old + (json.dumps(row) + "\n").encode())
+
+
+def _run_dir(kind: str, output_dir: str, config_id: str, seed: int) -> str:
+    if kind == "params":
+        return os.path.join(os.path.abspath(output_dir), "params", config_id, f"seed_{seed}")
+    return os.path.join(output_dir, "predictions", config_id, f"seed_{seed}.npy")
+
+
+def _save_variables(output_dir: str, config_id: str, seed: int, variables: dict) -> str:
+    import orbax.checkpoint as ocp
+
+    path = _run_dir("params", output_dir, config_id, seed)
+    with quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, variables, force=True)  # a half-written save is never renamed in
+        ckptr.wait_until_finished()
+    return path
+
+
+def load_variables(output_dir: str, config_id: str, seed: int) -> dict:
+    """The final variables (``{"params": ...}``, plus ``"batch_stats"`` for models with
+    batch norm) of one (config, seed) of an experiment, ready for
+    ``models.get(config_id).apply(variables, x)``."""
+    import orbax.checkpoint as ocp
+
+    path = _run_dir("params", output_dir, config_id, seed)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"load_variables: no saved params for {config_id!r} seed "
+                                f"{seed} in {output_dir} (expected {path})")
+    model = M.get(config_id)
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32))
+    with quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
+        try:
+            return ckptr.restore(path, dict(shapes))
+        except Exception:  # noqa: BLE001 - another input size: restore without a target
+            return ckptr.restore(path)
+
+
+def _save_predictions(output_dir: str, config_id: str, seed: int, classes: np.ndarray):
+    buf = io.BytesIO()
+    np.save(buf, classes.astype(np.uint8))
+    _atomic_write(_run_dir("predictions", output_dir, config_id, seed), buf.getvalue())
+
+
+def _save_labels(output_dir: str, labels: np.ndarray) -> None:
+    path = os.path.join(output_dir, "predictions", "test_labels.npy")
+    old = np.load(path) if os.path.exists(path) else None
+    if old is None or not np.array_equal(old, labels):
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(labels).astype(np.uint8))
+        _atomic_write(path, buf.getvalue())
+
+
+def _load_labels(output_dir: str) -> np.ndarray | None:
+    path = os.path.join(output_dir, "predictions", "test_labels.npy")
+    return np.load(path) if os.path.exists(path) else None
+
+
+def _load_predictions(output_dir: str, config_id: str, seed: int) -> np.ndarray | None:
+    path = _run_dir("predictions", output_dir, config_id, seed)
+    return np.load(path) if os.path.exists(path) else None
+
+
+def _git_commit() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# --------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------
+
+
+def _train_settings(config: T.TrainConfig, test_examples: int) -> dict:
+    d = dataclasses.asdict(config)
+    out = {k: d[k] for k in TRAIN_KEYS}
+    out["test_examples"] = test_examples
+    return out
+
+
+def _groups(seeds: Sequence[int]) -> list[list[int]]:
+    """Runs of consecutive seeds (each trains as one program)."""
+    out: list[list[int]] = []
+    for s in sorted(seeds):
+        if out and out[-1][-1] == s - 1:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def _epoch_metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seed"}
+
+
+def run(experiment: Experiment, train_config: T.TrainConfig, *, output_dir: str,
+        data_dir: str | None = None, test_examples: int = 0,
+        progress: Callable[[str], None] | None = T.default_progress,
+        parallel: str = "auto", seed_strategy: str = "auto",
+        train_split: D.Split | None = None, test_split: D.Split | None = None) -> dict:
+    """Train every config of ``experiment`` for the seeds of ``train_config``
+    (``seed .. seed + seeds - 1``, all seeds of a config in one program), write the files
+    listed in the module docstring, and return the summary (:func:`summarize`).
+
+    Args:
+      experiment: the configs and pairs (``train_config.model`` is ignored).
+      train_config: the training settings shared by every config.
+      output_dir: where everything goes (created if needed; may hold other files).
+      data_dir: IDX directory (:func:`convjax.data.load`).
+      test_examples: evaluate on the first this many test images (0: all).
+      progress: called with progress lines (which config and seeds, then per epoch: loss,
+        accuracy, images/s, ETA); None for silence.
+      parallel, seed_strategy: see :func:`convjax.train.train_and_evaluate`.
+      train_split, test_split: data already loaded (tests pass small slices).
+    """
+    if not isinstance(test_examples, int) or test_examples < 0:
+        raise ValueError(f"run: test_examples must be an int >= 0, got {test_examples!r}")
+    os.makedirs(output_dir, exist_ok=True)
+    settings = _train_settings(train_config, test_examples)
+    rows = read_results(output_dir)
+    for r in rows:
+        if r["experiment"] != experiment.name:
+            raise ValueError(
+                f"run: {output_dir}/results.jsonl holds rows of the {r['experiment']!r} "
+                f"experiment; use another output_dir for {experiment.name!r}")
+        if r["train"] != settings:
+            diff = {k: (r["train"].get(k), v) for k, v in settings.items()
+                    if r["train"].get(k) != v}
+            raise ValueError(
+                f"run: {output_dir}/results.jsonl holds rows trained with other settings "
+                f"(row {r['config_id']} seed {r['seed']}; differing (in the file, now): "
+                f"{diff}); rerun with the same flags to resume, or use another output_dir")
+
+    seeds = train_config.seed_list
+    todo = []
+    for mid in experiment.configs:
+        done = {r["seed"] for r in rows if r["config_id"] == mid}
+        todo += [(mid, g) for g in _groups([s for s in seeds if s not in done])]
+    skipped = len(experiment.configs) * len(seeds) - sum(len(g) for _, g in todo)
+    if progress:
+        progress(f"{experiment.name}: {len(experiment.configs)} configs x {len(seeds)} seeds "
+                 f"({seeds[0]}..{seeds[-1]}); {skipped} run(s) already in "
+                 f"{output_dir}/results.jsonl, {sum(len(g) for _, g in todo)} to train")
+
+    if todo:
+        if train_split is None:
+            train_split = D.load(train_config.dataset, "train", data_dir=data_dir)
+        if test_split is None:
+            test_split = D.load(train_config.dataset, "test", data_dir=data_dir)
+        if test_examples:
+            test_split = D.Split(test_split.images[:test_examples],
+                                 test_split.labels[:test_examples])
+        _save_labels(output_dir, np.asarray(test_split.labels))
+    commit = _git_commit()
+    started, done_runs = time.perf_counter(), 0
+    for k, (mid, group) in enumerate(todo, start=1):
+        if progress:
+            left = sum(len(g) for _, g in todo[k - 1:])
+            eta = ((time.perf_counter() - started) / done_runs * left) if done_runs else None
+            progress(f"{experiment.name} [{k}/{len(todo)}] {mid}: seed"
+                     f"{'s' if len(group) > 1 else ''} {group[0]}"
+                     f"{'..' + str(group[-1]) if len(group) > 1 else ''}"
+                     + (f"; about {eta:.0f} s left in this experiment" if eta else ""))
+        config = dataclasses.replace(train_config, model=mid, seed=group[0],
+                                     seeds=len(group))
+        result = T.train_and_evaluate(config, train_split=train_split,
+                                      test_split=test_split, progress=progress,
+                                      parallel=parallel, seed_strategy=seed_strategy)
+        _write_group(experiment, output_dir, config, group, result, test_split, settings,
+                     commit)
+        done_runs += len(group)
+
+    rows = read_results(output_dir)
+    summary = summarize(experiment, rows, output_dir, seeds)
+    if progress:
+        progress(f"{experiment.name}: summary in {output_dir}/summary.md")
+    return summary
+
+
+def _write_group(experiment: Experiment, output_dir: str, config: T.TrainConfig,
+                 group: list[int], result: T.RunResult, test_split: D.Split,
+                 settings: dict, commit: str | None) -> None:
+    model = M.get(config.model)
+    state = result.state
+    n_test = int(test_split.labels.shape[0])
+    classes = np.asarray(result.predictions)
+    s = result.summary
+    input_shape = tuple(int(d) for d in test_split.images.shape[1:])
+    forward_flops = int(A.analyze_model(model, input_shape).total()["flops"])
+    model_config = dataclasses.asdict(M.parse(config.model))
+    device = jax.devices()[0]
+    import flax
+    for i, seed in enumerate(group):
+        variables = {"params": jax.tree.map(lambda v: np.asarray(v[i]), state.params)}
+        if jax.tree.leaves(state.batch_stats):
+            variables["batch_stats"] = jax.tree.map(lambda v: np.asarray(v[i]),
+                                                    state.batch_stats)
+        _save_variables(output_dir, config.model, seed, variables)
+        _save_predictions(output_dir, config.model, seed, classes[i])
+        epochs = [dict(_epoch_metrics(e["per_seed"][i]), epoch=e["epoch"])
+                  for e in result.epochs]
+        best = max(epochs, key=lambda e: (e["test_accuracy"], -e["epoch"]))
+        row = {
+            "config_id": config.model,
+            "config": model_config,
+            "seed": seed,
+            "experiment": experiment.name,
+            "train": settings,
+            "test_accuracy": epochs[-1]["test_accuracy"],
+            "test_loss": epochs[-1]["test_loss"],
+            "best_epoch": best,
+            "last_epoch": epochs[-1],
+            "epochs": epochs,
+            "params": s["params"],
+            "flops_per_image": forward_flops,
+            "train_flops_per_image": s["flops_per_image"],
+            "train_seconds": s["train_seconds"] / len(group),
+            "compile_seconds": s["compile_seconds"],
+            "images_per_second": s["train_images_per_second"],
+            "seeds_trained_together": len(group),
+            "test_examples": n_test,
+            "device_kind": device.device_kind,
+            "devices": len(s["devices"]),
+            "jax_version": jax.__version__,
+            "flax_version": flax.__version__,
+            "git_commit": commit,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _append_row(output_dir, row)
+
+
+# --------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------
+
+
+def _pts(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _signed(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{100 * v:+.2f}"
+
+
+def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None = None,
+              seeds: Sequence[int] | None = None) -> dict:
+    """Per-config statistics and per-pair comparisons of ``rows`` (the configs of
+    ``experiment``, the given ``seeds``); with ``output_dir``, also write ``summary.md``,
+    ``summary.csv`` and the plots there (atomically).
+
+    Returns:
+      ``{"configs": [...], "pairs": [...], "markdown": str}``: per config ``config_id``,
+      ``seeds``, ``test_accuracy`` (:func:`convjax.stats.mean_ci`), ``params``,
+      ``flops_per_image``, ``train_seconds`` and ``images_per_second`` (means); per pair
+      the :func:`convjax.stats.paired` result (``a - b`` in accuracy, as fractions),
+      ``mcnemar`` per seed, and ``sentence``.
+    """
+    by = {}
+    for r in rows:
+        if r["config_id"] in experiment.configs and (seeds is None or r["seed"] in seeds):
+            by.setdefault(r["config_id"], {})[r["seed"]] = r
+    configs = []
+    for mid in experiment.configs:
+        runs = by.get(mid, {})
+        if not runs:
+            continue
+        rs = [runs[s] for s in sorted(runs)]
+        configs.append({
+            "config_id": mid,
+            "seeds": sorted(runs),
+            "test_accuracy": stats.mean_ci([r["test_accuracy"] for r in rs]),
+            "test_loss": float(np.mean([r["test_loss"] for r in rs])),
+            "params": rs[0]["params"],
+            "flops_per_image": rs[0]["flops_per_image"],
+            "train_flops_per_image": rs[0]["train_flops_per_image"],
+            "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
+            "images_per_second": float(np.mean([r["images_per_second"] for r in rs])),
+            "accuracy_curve": [float(np.mean([r["epochs"][e]["test_accuracy"] for r in rs]))
+                               for e in range(min(len(r["epochs"]) for r in rs))],
+            "loss_curve": _loss_curve(rs),
+        })
+    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir)
+             for p in experiment.pairs]
+    out = {"configs": configs, "pairs": pairs}
+    out["markdown"] = _markdown(experiment, configs, pairs, rows)
+    if output_dir:
+        _atomic_write(os.path.join(output_dir, "summary.md"), out["markdown"].encode())
+        _atomic_write(os.path.join(output_dir, "summary.csv"), _csv(configs).encode())
+        if configs:
+            _plots(experiment, configs, output_dir)
+    return out
+
+
+def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
+    """``(epochs so far, training loss)`` points, the mean over the seeds' curves."""
+    points = []
+    for e in range(min(len(r["epochs"]) for r in rows)):
+        curves = [r["epochs"][e].get("train_loss_curve") for r in rows]
+        if not all(curves) or len({len(c) for c in curves}) != 1:
+            return []
+        n = len(curves[0])
+        points += [(e + (j + 0.5) / n, float(np.mean([c[j] for c in curves])))
+                   for j in range(n)]
+    return points
+
+
+def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None) -> dict:
+    common = sorted(set(a) & set(b))
+    out: dict[str, Any] = {"a": pair.a, "b": pair.b, "question": pair.question,
+                           "seeds": common}
+    if not common:
+        out["sentence"] = (f"{pair.question}: not compared ({pair.a} and {pair.b} share no "
+                           f"finished seed yet).")
+        return out
+    res = stats.paired([a[s]["test_accuracy"] for s in common],
+                       [b[s]["test_accuracy"] for s in common])
+    out.update(res)
+    mc = []
+    if output_dir:
+        for s in common:
+            pa = _load_predictions(output_dir, pair.a, s)
+            pb = _load_predictions(output_dir, pair.b, s)
+            labels = _load_labels(output_dir)
+            if pa is None or pb is None or labels is None or not (
+                    pa.shape == pb.shape == labels.shape):
+                continue
+            mc.append(dict(stats.mcnemar(pa == labels, pb == labels), seed=s))
+    out["mcnemar"] = mc
+    n_sig = sum(m["p"] < 0.05 for m in mc)
+    mc_text = (f"; McNemar p < 0.05 on {n_sig} of {len(mc)} seeds" if mc else "")
+    diff = f"{_signed(res['mean'])} points"
+    if len(common) < 2:
+        verdict = "one seed cannot separate a difference from the seed noise"
+        ci = ""
+    else:
+        ci = (f" (95% CI {_signed(res['low'])} to {_signed(res['high'])}, paired over "
+              f"{len(common)} seeds, t-test p = {res['p']:.3g}{mc_text})")
+        if res["excludes_zero"]:
+            better = pair.a if res["mean"] > 0 else pair.b
+            verdict = f"larger than the seed noise: {better} is more accurate"
+        else:
+            verdict = "within the seed noise: no difference shown"
+    out["sentence"] = f"{pair.question}: {pair.a} minus {pair.b} = {diff}{ci}; {verdict}."
+    return out
+
+
+def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
+              rows: list[dict]) -> str:
+    lines = [f"# {experiment.title}", ""]
+    lines += list(experiment.notes) + ([""] if experiment.notes else [])
+    if rows:
+        r = rows[0]
+        t = r["train"]
+        lines.append(
+            f"Training: {t['dataset']}, {t['epochs']} epoch(s) of "
+            f"{t['train_examples'] or 'all'} training images, batch {t['batch_size']}, "
+            f"{t['optimizer']} lr {t['learning_rate']} ({t['schedule']}); test on "
+            f"{r['test_examples']:,} images. Device: {r['device_kind']}; jax "
+            f"{r['jax_version']}, flax {r['flax_version']}, commit {r['git_commit']}.")
+        lines.append("")
+    lines.append("| config | seeds | test acc % (mean ± std) | 95% CI | params | MFLOPs/image "
+                 "| train s/seed | images/s |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for c in configs:
+        a = c["test_accuracy"]
+        std = "" if math.isnan(a["std"]) else f" ± {_pts(a['std'])}"
+        ci = "-" if math.isnan(a["low"]) else f"{_pts(a['low'])} to {_pts(a['high'])}"
+        lines.append(f"| {c['config_id']} | {a['n']} | {_pts(a['mean'])}{std} | {ci} | "
+                     f"{c['params']:,} | {c['flops_per_image'] / 1e6:.2f} | "
+                     f"{c['train_seconds']:.1f} | {c['images_per_second']:,.0f} |")
+    lines += ["", "MFLOPs/image: forward (inference) FLOPs of one image, every tap counted "
+              "(`python -m convjax.explain --model=<config>`). 95% CI: t-interval of the "
+              "mean over seeds.", ""]
+    if pairs:
+        n = rows[0]["test_examples"] if rows else 10_000
+        acc = configs[0]["test_accuracy"]["mean"] if configs else 0.99
+        lines += ["## Comparisons", "",
+                  f"Scale of the noise: on {n:,} test images at {_pts(acc)}% the binomial "
+                  f"standard deviation alone is {_pts(stats.binomial_sd(acc, n))} points. "
+                  "Each difference is paired by seed (same seed, same data order); it is "
+                  "called larger than the seed noise when its 95% interval excludes 0.", ""]
+        lines += [f"- {p['sentence']}" for p in pairs]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _csv(configs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["config_id", "seeds", "test_accuracy_mean", "test_accuracy_std",
+                "test_accuracy_ci95_low", "test_accuracy_ci95_high", "test_loss_mean",
+                "params", "flops_per_image", "train_flops_per_image", "train_seconds_mean",
+                "images_per_second_mean"])
+    for c in configs:
+        a = c["test_accuracy"]
+        w.writerow([c["config_id"], a["n"], a["mean"], a["std"], a["low"], a["high"],
+                    c["test_loss"], c["params"], c["flops_per_image"],
+                    c["train_flops_per_image"], c["train_seconds"], c["images_per_second"]])
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: str) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _atomic_write(path, buf.getvalue())
+
+
+def _plots(experiment: Experiment, configs: list[dict], output_dir: str) -> None:
+    # matplotlib's object API (no pyplot): no global state, no display backend needed.
+    from matplotlib.figure import Figure
+
+    for key, label, name in (("flops_per_image", "forward FLOPs per image", "flops"),
+                             ("params", "parameters", "params")):
+        fig = Figure(figsize=(8, 5.5))
+        ax = fig.add_subplot()
+        for c in configs:
+            a = c["test_accuracy"]
+            err = 0 if math.isnan(a["half_width"]) else 100 * a["half_width"]
+            ax.errorbar(c[key], 100 * a["mean"], yerr=err, fmt="o", capsize=4)
+            ax.annotate(c["config_id"], (c[key], 100 * a["mean"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{label} (log scale)")
+        ax.set_ylabel("test accuracy % (mean over seeds, 95% CI)")
+        ax.set_title(f"{experiment.title}: accuracy vs {label}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        _save_figure(fig, os.path.join(output_dir, f"accuracy_vs_{name}.png"))
+
+    fig = Figure(figsize=(12, 5))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for c in configs:
+        if c["loss_curve"]:
+            xs, ys = zip(*c["loss_curve"])
+            loss_ax.plot(xs, ys, label=c["config_id"])
+        acc = 100 * np.asarray(c["accuracy_curve"])
+        acc_ax.plot(np.arange(1, len(acc) + 1), acc, marker="o", label=c["config_id"])
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("epochs of training")
+    loss_ax.set_ylabel("training loss (mean over seeds)")
+    loss_ax.set_title("training loss during training", fontsize=10)
+    acc_ax.set_xlabel("after epoch")
+    acc_ax.set_ylabel("test accuracy % (mean over seeds)")
+    acc_ax.set_title("test accuracy after each epoch", fontsize=10)
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    fig.suptitle(f"{experiment.title}: learning curves", fontsize=11)
+    _save_figure(fig, os.path.join(output_dir, "learning_curves.png"))
