@@ -17,18 +17,23 @@ reviewer can check, and say which differences are larger than the seed noise.
 * ``summary.md``, ``summary.csv``: per config the mean, standard deviation and 95%
   t-interval of test accuracy over seeds, params, FLOPs, time; per pair of the
   experiment, the paired difference and a sentence saying whether it exceeds the seed
-  noise (:mod:`convjax.stats`);
-* ``accuracy_vs_flops.png``, ``accuracy_vs_params.png``, ``learning_curves.png``.
+  noise (:mod:`convjax.stats`); ``pairs.csv``: the same comparisons as numbers;
+* ``accuracy_vs_flops.png``, ``accuracy_vs_params.png``, ``learning_curves.png``;
+* ``.convjax-experiment.lock``: held while a run writes (a second run into the same
+  directory is refused instead of dropping rows).
 
 Running the same command again resumes: the (config, seed) runs already in
-``results.jsonl`` are skipped, the missing seeds of a config are trained (each seed's
-result does not depend on which seeds train beside it), and the summary is rebuilt from
-all rows. Rows written with other training settings are refused, not mixed in. Nothing
-else in ``output_dir`` is touched.
+``results.jsonl`` are skipped, the missing seeds of a config are trained together, and
+the summary is rebuilt from all rows of the file. On CPU (the seed loop) a seed's result
+does not depend on which seeds train beside it; with ``vmap`` (GPU/TPU) it may differ by
+float round-off (``seeds_trained_together`` in each row says how it was trained). Rows
+written with other training settings are refused, not mixed in. Nothing else in
+``output_dir`` is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -53,7 +58,15 @@ from convjax.checkpoint import quiet_orbax
 __all__ = ["Experiment", "Pair", "run", "read_results", "load_variables", "summarize",
            "ROW_KEYS", "TRAIN_KEYS"]
 
-#: The keys of every row of ``results.jsonl``, in order.
+#: The keys of every row of ``results.jsonl``, in order. Accuracies are fractions;
+#: ``config`` is every field of the model config; ``train`` the training settings;
+#: ``best_epoch`` / ``last_epoch`` / ``epochs``: per-epoch metrics (each with its
+#: ``train_loss_curve``); ``flops_per_image``: forward FLOPs (the ``explain`` analysis),
+#: ``train_flops_per_image``: forward and backward; ``train_seconds``: this seed's share
+#: of its run's training time (the run's time / ``seeds_trained_together``);
+#: ``images_per_second``: the run's training images per second, all its seeds together;
+#: ``compile_seconds``: compiling the run's program (all its seeds); ``git_commit`` ends
+#: in ``-dirty`` when tracked files had uncommitted changes.
 ROW_KEYS = ("config_id", "config", "seed", "experiment", "train", "test_accuracy",
             "test_loss", "best_epoch", "last_epoch", "epochs", "params", "flops_per_image",
             "train_flops_per_image", "train_seconds", "compile_seconds", "images_per_second",
@@ -211,14 +224,8 @@ def load_variables(output_dir: str, config_id: str, seed: int) -> dict:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"load_variables: no saved params for {config_id!r} seed "
                                 f"{seed} in {output_dir} (expected {path})")
-    model = M.get(config_id)
-    shapes = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32))
     with quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
-        try:
-            return ckptr.restore(path, dict(shapes))
-        except Exception:  # noqa: BLE001 - another input size: restore without a target
-            return ckptr.restore(path)
+        return ckptr.restore(path)
 
 
 def _save_predictions(output_dir: str, config_id: str, seed: int, classes: np.ndarray):
@@ -288,28 +295,72 @@ def _epoch_metrics(row: dict) -> dict:
 
 
 def run(experiment: Experiment, train_config: T.TrainConfig, *, output_dir: str,
-        data_dir: str | None = None, test_examples: int = 0,
+        configs: Sequence[str] | None = None, data_dir: str | None = None,
+        test_examples: int = 0,
         progress: Callable[[str], None] | None = T.default_progress,
         parallel: str = "auto", seed_strategy: str = "auto",
         train_split: D.Split | None = None, test_split: D.Split | None = None) -> dict:
-    """Train every config of ``experiment`` for the seeds of ``train_config``
-    (``seed .. seed + seeds - 1``, all seeds of a config in one program), write the files
-    listed in the module docstring, and return the summary (:func:`summarize`).
+    """Train the configs of ``experiment`` (or the subset ``configs``) for the seeds of
+    ``train_config`` (``seed .. seed + seeds - 1``; the missing seeds of a config train
+    together in one program), write the files listed in the module docstring, and return
+    the summary of every row in ``results.jsonl`` (:func:`summarize`).
 
     Args:
       experiment: the configs and pairs (``train_config.model`` is ignored).
       train_config: the training settings shared by every config.
       output_dir: where everything goes (created if needed; may hold other files).
+      configs: train only these config ids (the summary still covers every config
+        with rows).
       data_dir: IDX directory (:func:`convjax.data.load`).
       test_examples: evaluate on the first this many test images (0: all).
       progress: called with progress lines (which config and seeds, then per epoch: loss,
         accuracy, images/s, ETA); None for silence.
       parallel, seed_strategy: see :func:`convjax.train.train_and_evaluate`.
       train_split, test_split: data already loaded (tests pass small slices).
+
+    The returned summary has ``failures``: ``(config_id, message)`` of the configs whose
+    loss became NaN or infinite (the others still train; rerunning retries them).
     """
     if not isinstance(test_examples, int) or test_examples < 0:
         raise ValueError(f"run: test_examples must be an int >= 0, got {test_examples!r}")
+    if train_config.validation_size:
+        raise ValueError(f"run: experiments train on the training split and report the "
+                         f"test split; validation_size must be 0, got "
+                         f"{train_config.validation_size}")
+    if jax.process_count() > 1:
+        raise ValueError(f"run: experiments write their files from one process; got "
+                         f"{jax.process_count()} processes (use experiments.train for "
+                         f"multi-host runs)")
+    selected = experiment.select(configs)
     os.makedirs(output_dir, exist_ok=True)
+    with _lock(output_dir):
+        return _run_locked(experiment, selected, train_config, output_dir, data_dir,
+                           test_examples, progress, parallel, seed_strategy, train_split,
+                           test_split)
+
+
+@contextlib.contextmanager
+def _lock(output_dir: str):
+    """One run per output_dir at a time: rows are appended by rewriting the file, so two
+    writers would drop each other's rows."""
+    import fcntl
+
+    path = os.path.join(output_dir, ".convjax-experiment.lock")
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise RuntimeError(f"run: another experiment run is writing to {output_dir} "
+                               f"(it holds {path}); wait for it or use another "
+                               f"output_dir") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_locked(experiment, selected, train_config, output_dir, data_dir, test_examples,
+                progress, parallel, seed_strategy, train_split, test_split) -> dict:
     settings = _train_settings(train_config, test_examples)
     rows = read_results(output_dir)
     for r in rows:
@@ -327,12 +378,12 @@ def run(experiment: Experiment, train_config: T.TrainConfig, *, output_dir: str,
 
     seeds = train_config.seed_list
     todo = []
-    for mid in experiment.configs:
+    for mid in selected.configs:
         done = {r["seed"] for r in rows if r["config_id"] == mid}
         todo += [(mid, g) for g in _groups([s for s in seeds if s not in done])]
-    skipped = len(experiment.configs) * len(seeds) - sum(len(g) for _, g in todo)
+    skipped = len(selected.configs) * len(seeds) - sum(len(g) for _, g in todo)
     if progress:
-        progress(f"{experiment.name}: {len(experiment.configs)} configs x {len(seeds)} seeds "
+        progress(f"{experiment.name}: {len(selected.configs)} configs x {len(seeds)} seeds "
                  f"({seeds[0]}..{seeds[-1]}); {skipped} run(s) already in "
                  f"{output_dir}/results.jsonl, {sum(len(g) for _, g in todo)} to train")
 
@@ -341,12 +392,20 @@ def run(experiment: Experiment, train_config: T.TrainConfig, *, output_dir: str,
             train_split = D.load(train_config.dataset, "train", data_dir=data_dir)
         if test_split is None:
             test_split = D.load(train_config.dataset, "test", data_dir=data_dir)
+        n_train, n_test = int(train_split.labels.shape[0]), int(test_split.labels.shape[0])
+        if train_config.train_examples > n_train:
+            raise ValueError(f"run: train_examples must be <= the {n_train:,} training "
+                             f"images of {train_config.dataset}, got "
+                             f"{train_config.train_examples:,}")
+        if test_examples > n_test:
+            raise ValueError(f"run: test_examples must be <= the {n_test:,} test images "
+                             f"of {train_config.dataset}, got {test_examples:,}")
         if test_examples:
             test_split = D.Split(test_split.images[:test_examples],
                                  test_split.labels[:test_examples])
         _save_labels(output_dir, np.asarray(test_split.labels))
     commit = _git_commit()
-    started, done_runs = time.perf_counter(), 0
+    started, done_runs, failures = time.perf_counter(), 0, []
     for k, (mid, group) in enumerate(todo, start=1):
         if progress:
             left = sum(len(g) for _, g in todo[k - 1:])
@@ -357,15 +416,27 @@ def run(experiment: Experiment, train_config: T.TrainConfig, *, output_dir: str,
                      + (f"; about {eta:.0f} s left in this experiment" if eta else ""))
         config = dataclasses.replace(train_config, model=mid, seed=group[0],
                                      seeds=len(group))
-        result = T.train_and_evaluate(config, train_split=train_split,
-                                      test_split=test_split, progress=progress,
-                                      parallel=parallel, seed_strategy=seed_strategy)
+        mode = parallel
+        if parallel == "seeds" and len(group) % jax.device_count():
+            mode = "auto"  # a resumed remainder that does not divide over the devices
+            if progress:
+                progress(f"{mid}: {len(group)} seed(s) do not divide over "
+                         f"{jax.device_count()} devices; parallel=auto for them")
+        try:
+            result = T.train_and_evaluate(config, train_split=train_split,
+                                          test_split=test_split, progress=progress,
+                                          parallel=mode, seed_strategy=seed_strategy)
+        except FloatingPointError as e:
+            failures.append((mid, str(e)))
+            if progress:
+                progress(f"{experiment.name}: {mid} failed, going on with the next config: "
+                         f"{e}")
+            continue
         _write_group(experiment, output_dir, config, group, result, test_split, settings,
                      commit)
         done_runs += len(group)
 
-    rows = read_results(output_dir)
-    summary = summarize(experiment, rows, output_dir, seeds)
+    summary = summarize(experiment, read_results(output_dir), output_dir, failures)
     if progress:
         progress(f"{experiment.name}: summary in {output_dir}/summary.md")
     return summary
@@ -437,21 +508,24 @@ def _signed(v: float) -> str:
 
 
 def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None = None,
-              seeds: Sequence[int] | None = None) -> dict:
-    """Per-config statistics and per-pair comparisons of ``rows`` (the configs of
-    ``experiment``, the given ``seeds``); with ``output_dir``, also write ``summary.md``,
-    ``summary.csv`` and the plots there (atomically).
+              failures: Sequence[tuple[str, str]] = ()) -> dict:
+    """Per-config statistics and per-pair comparisons of ``rows`` (those of
+    ``experiment``'s configs, every seed present); with ``output_dir``, also write
+    ``summary.md``, ``summary.csv``, ``pairs.csv`` and the plots there (atomically), and
+    run McNemar's test on the predictions saved there.
 
     Returns:
-      ``{"configs": [...], "pairs": [...], "markdown": str}``: per config ``config_id``,
-      ``seeds``, ``test_accuracy`` (:func:`convjax.stats.mean_ci`), ``params``,
-      ``flops_per_image``, ``train_seconds`` and ``images_per_second`` (means); per pair
-      the :func:`convjax.stats.paired` result (``a - b`` in accuracy, as fractions),
-      ``mcnemar`` per seed, and ``sentence``.
+      ``{"configs": [...], "pairs": [...], "failures": [...], "markdown": str}``: per
+      config ``config_id``, ``seeds``, ``test_accuracy`` (:func:`convjax.stats.mean_ci`),
+      ``params``, ``flops_per_image``, ``train_seconds`` and ``images_per_second``
+      (means); per pair ``a``, ``b``, ``question``, ``seeds`` (those both have),
+      ``sentence``, and when they share a seed the :func:`convjax.stats.paired` result
+      (``a - b`` in accuracy, as fractions) and ``mcnemar`` (one per seed with saved
+      predictions).
     """
-    by = {}
+    by: dict[str, dict[int, dict]] = {}
     for r in rows:
-        if r["config_id"] in experiment.configs and (seeds is None or r["seed"] in seeds):
+        if r["config_id"] in experiment.configs:
             by.setdefault(r["config_id"], {})[r["seed"]] = r
     configs = []
     for mid in experiment.configs:
@@ -473,13 +547,15 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
                                for e in range(min(len(r["epochs"]) for r in rs))],
             "loss_curve": _loss_curve(rs),
         })
-    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir)
+    labels = _load_labels(output_dir) if output_dir else None
+    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir, labels)
              for p in experiment.pairs]
-    out = {"configs": configs, "pairs": pairs}
-    out["markdown"] = _markdown(experiment, configs, pairs, rows)
+    out = {"configs": configs, "pairs": pairs, "failures": list(failures)}
+    out["markdown"] = _markdown(experiment, configs, pairs, rows, failures)
     if output_dir:
         _atomic_write(os.path.join(output_dir, "summary.md"), out["markdown"].encode())
         _atomic_write(os.path.join(output_dir, "summary.csv"), _csv(configs).encode())
+        _atomic_write(os.path.join(output_dir, "pairs.csv"), _pairs_csv(pairs).encode())
         if configs:
             _plots(experiment, configs, output_dir)
     return out
@@ -498,7 +574,8 @@ def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
     return points
 
 
-def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None) -> dict:
+def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
+             labels: np.ndarray | None) -> dict:
     common = sorted(set(a) & set(b))
     out: dict[str, Any] = {"a": pair.a, "b": pair.b, "question": pair.question,
                            "seeds": common}
@@ -510,36 +587,55 @@ def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None) -> dict:
                        [b[s]["test_accuracy"] for s in common])
     out.update(res)
     mc = []
-    if output_dir:
-        for s in common:
-            pa = _load_predictions(output_dir, pair.a, s)
-            pb = _load_predictions(output_dir, pair.b, s)
-            labels = _load_labels(output_dir)
-            if pa is None or pb is None or labels is None or not (
-                    pa.shape == pb.shape == labels.shape):
-                continue
-            mc.append(dict(stats.mcnemar(pa == labels, pb == labels), seed=s))
+    for s in common if output_dir and labels is not None else ():
+        pa = _load_predictions(output_dir, pair.a, s)
+        pb = _load_predictions(output_dir, pair.b, s)
+        if pa is None or pb is None or not pa.shape == pb.shape == labels.shape:
+            continue
+        mc.append(dict(stats.mcnemar(pa == labels, pb == labels), seed=s))
     out["mcnemar"] = mc
     n_sig = sum(m["p"] < 0.05 for m in mc)
-    mc_text = (f"; McNemar p < 0.05 on {n_sig} of {len(mc)} seeds" if mc else "")
+    mc_text = f"McNemar p < 0.05 on {n_sig} of {len(mc)} seeds" if mc else ""
     diff = f"{_signed(res['mean'])} points"
     if len(common) < 2:
+        detail = f" (one seed{'; ' + mc_text if mc else ''})"
         verdict = "one seed cannot separate a difference from the seed noise"
-        ci = ""
+    elif res["std"] == 0:
+        detail = f" (the same on all {len(common)} seeds{'; ' + mc_text if mc else ''})"
+        verdict = ("the seed noise cannot be estimated from identical differences; "
+                   "no verdict")
     else:
-        ci = (f" (95% CI {_signed(res['low'])} to {_signed(res['high'])}, paired over "
-              f"{len(common)} seeds, t-test p = {res['p']:.3g}{mc_text})")
+        detail = (f" (95% CI {_signed(res['low'])} to {_signed(res['high'])}, paired over "
+                  f"{len(common)} seeds, t-test p = {res['p']:.3g}"
+                  f"{'; ' + mc_text if mc else ''})")
         if res["excludes_zero"]:
             better = pair.a if res["mean"] > 0 else pair.b
             verdict = f"larger than the seed noise: {better} is more accurate"
         else:
             verdict = "within the seed noise: no difference shown"
-    out["sentence"] = f"{pair.question}: {pair.a} minus {pair.b} = {diff}{ci}; {verdict}."
+    out["sentence"] = f"{pair.question}: {pair.a} minus {pair.b} = {diff}{detail}; {verdict}."
     return out
 
 
+def _pairs_csv(pairs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["a", "b", "question", "seeds", "difference_mean", "difference_std",
+                "ci95_low", "ci95_high", "t", "p", "larger_than_seed_noise",
+                "mcnemar_seeds", "mcnemar_p_below_0.05"])
+    for p in pairs:
+        if not p["seeds"]:
+            w.writerow([p["a"], p["b"], p["question"], 0] + [""] * 9)
+            continue
+        mc = p.get("mcnemar", [])
+        w.writerow([p["a"], p["b"], p["question"], len(p["seeds"]), p["mean"], p["std"],
+                    p["low"], p["high"], p["t"], p["p"], p["excludes_zero"], len(mc),
+                    sum(m["p"] < 0.05 for m in mc)])
+    return buf.getvalue()
+
+
 def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
-              rows: list[dict]) -> str:
+              rows: list[dict], failures: Sequence[tuple[str, str]] = ()) -> str:
     lines = [f"# {experiment.title}", ""]
     lines += list(experiment.notes) + ([""] if experiment.notes else [])
     if rows:
@@ -564,17 +660,30 @@ def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
                      f"{c['train_seconds']:.1f} | {c['images_per_second']:,.0f} |")
     lines += ["", "MFLOPs/image: forward (inference) FLOPs of one image, every tap counted "
               "(`python -m convjax.explain --model=<config>`). 95% CI: t-interval of the "
-              "mean over seeds.", ""]
+              "mean over seeds. train s/seed: a seed's share of its run's training time "
+              "(seeds train together); images/s: training images per second of the run, "
+              "all its seeds together (equal to one seed's images over its share).", ""]
     if pairs:
         n = rows[0]["test_examples"] if rows else 10_000
-        acc = configs[0]["test_accuracy"]["mean"] if configs else 0.99
+        acc = float(np.median([c["test_accuracy"]["mean"] for c in configs])) \
+            if configs else 0.99  # the median config's accuracy
         lines += ["## Comparisons", "",
-                  f"Scale of the noise: on {n:,} test images at {_pts(acc)}% the binomial "
+                  f"Scale of the noise: on {n:,} test images at {_pts(acc)}% (the median "
+                  f"config) the binomial "
                   f"standard deviation alone is {_pts(stats.binomial_sd(acc, n))} points. "
                   "Each difference is paired by seed (same seed, same data order); it is "
-                  "called larger than the seed noise when its 95% interval excludes 0.", ""]
+                  "called larger than the seed noise when its 95% interval excludes 0. "
+                  f"The {len(pairs)} comparisons are not corrected for multiplicity: at 95% "
+                  "about one in twenty pairs with no real difference is called different "
+                  "by chance. McNemar's exact test asks, per seed, whether the two models "
+                  "disagree on more test images than chance allows.", ""]
         lines += [f"- {p['sentence']}" for p in pairs]
         lines.append("")
+    missing = [c for c in experiment.configs if c not in {x["config_id"] for x in configs}]
+    if missing:
+        lines += [f"Not trained yet: {', '.join(missing)}.", ""]
+    for mid, message in failures:
+        lines += [f"**Failed** {mid}: {message}", ""]
     return "\n".join(lines)
 
 

@@ -74,7 +74,8 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
     Returns:
       :func:`mean_ci` of the differences plus ``t`` and ``p`` (NaN with one seed, or
       when every difference is the same), and ``excludes_zero``: the interval lies on
-      one side of 0, i.e. the difference is larger than the seed noise.
+      one side of 0, i.e. the difference is larger than the seed noise (False with one
+      seed, or when every difference is the same: the noise cannot be estimated).
     """
     a, b = _vector(a, "a"), _vector(b, "b")
     if a.shape != b.shape:
@@ -87,7 +88,9 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
         out["t"], out["p"] = t, float(2 * _st.t.sf(abs(t), d.size - 1))
     else:
         out["t"], out["p"] = math.nan, math.nan
-    out["excludes_zero"] = bool(out["low"] > 0 or out["high"] < 0)
+    # With identical differences the interval has width 0: no noise estimate, no verdict.
+    out["excludes_zero"] = bool(d.size >= 2 and out["std"] > 0
+                                and (out["low"] > 0 or out["high"] < 0))
     return out
 
 

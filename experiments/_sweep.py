@@ -107,19 +107,19 @@ def main(argv, experiment, defaults: Defaults) -> int:
         if not FLAGS["output_dir"].present:
             output_dir += "-quick"
     try:
-        exp = experiment.select(configs)
+        first = experiment.select(configs).configs[0]  # unknown ids: a usage error
         config = T.TrainConfig(
-            model=exp.configs[0], dataset=FLAGS.dataset, epochs=epochs,
+            model=first, dataset=FLAGS.dataset, epochs=epochs,
             batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
             learning_rate=FLAGS.learning_rate, warmup_epochs=FLAGS.warmup_epochs,
             seed=FLAGS.seed, seeds=FLAGS.seeds, train_examples=train_examples)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    logging.info("%s on %s: %s", exp.name, jax.devices(), config)
-    summary = E.run(exp, config, output_dir=output_dir, data_dir=FLAGS.data_dir,
-                    test_examples=FLAGS.test_examples, parallel=FLAGS.parallel,
-                    seed_strategy=FLAGS.seed_strategy)
+    logging.info("%s on %s: %s", experiment.name, jax.devices(), config)
+    summary = E.run(experiment, config, output_dir=output_dir, configs=configs,
+                    data_dir=FLAGS.data_dir, test_examples=FLAGS.test_examples,
+                    parallel=FLAGS.parallel, seed_strategy=FLAGS.seed_strategy)
     print(summary["markdown"])
-    print(f"files: {output_dir}/summary.md, summary.csv, results.jsonl, "
+    print(f"files: {output_dir}/summary.md, summary.csv, pairs.csv, results.jsonl, "
           f"accuracy_vs_flops.png, accuracy_vs_params.png, learning_curves.png")
-    return 0
+    return 1 if summary["failures"] else 0

@@ -138,6 +138,123 @@ def test_run_refuses_rows_of_other_settings_or_experiments(tmp_path):
         E.read_results(str(other))
 
 
+def _row(config_id, seed, acc, experiment="x"):
+    row = _fake_row(config_id, seed, experiment=experiment)
+    row.update(test_accuracy=acc, test_loss=0.1, params=10, flops_per_image=100,
+               train_flops_per_image=300, train_seconds=1.0, images_per_second=50.0,
+               test_examples=10_000, device_kind="cpu", jax_version="x", flax_version="y",
+               git_commit=None, epochs=[{"epoch": 1, "test_accuracy": acc,
+                                         "train_loss_curve": [1.0, 0.5]}])
+    return row
+
+
+A, B, C = "plain-k3-w32.64", "plain-k5-w32.64", "plain-k7-w32.64"
+EXP = E.Experiment("x", "x", (A, B, C), (E.Pair(B, A, "5 vs 3"), E.Pair(C, A, "7 vs 3")))
+
+
+def test_summary_sentences_for_clear_noisy_single_and_missing_cases():
+    rows = [_row(A, s, a) for s, a in enumerate([0.980, 0.982, 0.981])]
+    rows += [_row(B, s, a) for s, a in enumerate([0.985, 0.986, 0.987])]  # clearly better
+    out = E.summarize(EXP, rows)
+    (p5, p7) = out["pairs"]
+    assert p5["excludes_zero"] and p5["mean"] == pytest.approx(0.005, abs=1e-12)
+    assert "larger than the seed noise: plain-k5-w32.64 is more accurate" in p5["sentence"]
+    assert "paired over 3 seeds" in p5["sentence"] and "+0.50 points" in p5["sentence"]
+    assert p7["seeds"] == [] and "not compared" in p7["sentence"]
+    assert "Not trained yet: plain-k7-w32.64." in out["markdown"]
+    # Differences of both signs: within the noise.
+    noisy = rows[:3] + [_row(B, s, a) for s, a in enumerate([0.982, 0.980, 0.982])]
+    assert "within the seed noise: no difference shown" in \
+        E.summarize(EXP, noisy)["pairs"][0]["sentence"]
+    # The same difference on every seed: no noise estimate, no verdict.
+    same = rows[:3] + [_row(B, s, a + 0.002) for s, a in enumerate([0.980, 0.982, 0.981])]
+    sentence = E.summarize(EXP, same)["pairs"][0]["sentence"]
+    assert "the same on all 3 seeds" in sentence and "no verdict" in sentence
+    # One seed: said plainly.
+    one = E.summarize(EXP, [rows[0], rows[3]])
+    assert "one seed cannot separate" in one["pairs"][0]["sentence"]
+    assert math.isnan(one["configs"][0]["test_accuracy"]["half_width"])
+    assert "| plain-k3-w32.64 | 1 | 98.00 | - |" in one["markdown"]
+    # No pairs, other experiments' configs ignored.
+    solo = E.Experiment("x", "x", (A,))
+    assert E.summarize(solo, rows)["pairs"] == [] and "## Comparisons" not in \
+        E.summarize(solo, rows)["markdown"]
+
+
+def test_summary_writes_files_and_mcnemar_from_saved_predictions(tmp_path):
+    labels = np.arange(20) % 10
+    E._save_labels(str(tmp_path), labels)
+    rows = []
+    for s in (0, 1):
+        pa, pb = labels.copy(), labels.copy()
+        pa[:2] = (pa[:2] + 1) % 10   # A wrong on 2 images
+        pb[:9] = (pb[:9] + 1) % 10   # B wrong on 9 (7 more): McNemar p = 2/128
+        E._save_predictions(str(tmp_path), A, s, pa)
+        E._save_predictions(str(tmp_path), B, s, pb)
+        rows += [_row(A, s, 0.9), _row(B, s, 0.55 + 0.01 * s)]
+    out = E.summarize(EXP, rows, str(tmp_path))
+    mc = out["pairs"][0]["mcnemar"]
+    assert [(m["seed"], m["only_a"], m["only_b"]) for m in mc] == [(0, 0, 7), (1, 0, 7)]
+    assert mc[0]["p"] == pytest.approx(2 / 128)
+    assert "McNemar p < 0.05 on 2 of 2 seeds" in out["pairs"][0]["sentence"]
+    pairs = (tmp_path / "pairs.csv").read_text().splitlines()
+    assert pairs[0].startswith("a,b,question,seeds,difference_mean")
+    assert pairs[1].startswith(f"{B},{A},5 vs 3,2,")
+    assert pairs[2] == f"{C},{A},7 vs 3,0" + "," * 9
+    for f in ("summary.md", "summary.csv", "accuracy_vs_flops.png", "learning_curves.png"):
+        assert (tmp_path / f).exists(), f
+
+
+def test_resume_mid_group_trains_the_missing_seed_alone_with_the_same_result(tmp_path,
+                                                                             monkeypatch):
+    train, test = mnist_slices(256, 200)
+    exp = E.Experiment("x", "x", ("plain-k3-w4.8-h16",))
+    cfg = T.TrainConfig(model="plain-k3-w4.8-h16", epochs=1, batch_size=32, seeds=2,
+                        optimizer="adam", learning_rate=0.003)
+    kw = dict(train_split=train, test_split=test, progress=None)
+    E.run(exp, cfg, output_dir=str(tmp_path / "whole"), **kw)
+    append = E._append_row
+    calls = []
+
+    def interrupted(output_dir, row):  # the process dies right after the first row
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(row)
+        append(output_dir, row)
+    monkeypatch.setattr(E, "_append_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        E.run(exp, cfg, output_dir=str(tmp_path / "cut"), **kw)
+    monkeypatch.setattr(E, "_append_row", append)
+    assert [r["seed"] for r in E.read_results(str(tmp_path / "cut"))] == [0]
+    E.run(exp, cfg, output_dir=str(tmp_path / "cut"), **kw)
+    got, want = E.read_results(str(tmp_path / "cut")), E.read_results(str(tmp_path / "whole"))
+    assert [r["seeds_trained_together"] for r in got] == [2, 1]  # seed 1 trained alone
+    for g, w in zip(got, want):
+        assert (g["seed"], g["test_accuracy"], g["test_loss"]) == \
+            (w["seed"], w["test_accuracy"], w["test_loss"])
+    np.testing.assert_array_equal(np.load(tmp_path / "cut/predictions/plain-k3-w4.8-h16/seed_1.npy"),
+                                  np.load(tmp_path / "whole/predictions/plain-k3-w4.8-h16/seed_1.npy"))
+
+
+def test_groups_of_missing_seeds_and_input_checks(tmp_path):
+    assert E._groups([4, 0, 2, 3]) == [[0], [2, 3, 4]]
+    train, test = mnist_slices(64, 50)
+    exp = E.Experiment("x", "x", (A,))
+    with pytest.raises(ValueError, match=r"test_examples must be <= the 50 test images of "
+                                         r"mnist, got 60"):
+        E.run(exp, T.TrainConfig(), output_dir=str(tmp_path), test_examples=60,
+              train_split=train, test_split=test, progress=None)
+    with pytest.raises(ValueError, match="train_examples must be <= the 64 training"):
+        E.run(exp, T.TrainConfig(train_examples=100), output_dir=str(tmp_path),
+              train_split=train, test_split=test, progress=None)
+    with pytest.raises(ValueError, match="validation_size must be 0, got 10"):
+        E.run(exp, T.TrainConfig(validation_size=10), output_dir=str(tmp_path),
+              progress=None)
+    with E._lock(str(tmp_path)):
+        with pytest.raises(RuntimeError, match="another experiment run is writing"):
+            E.run(exp, T.TrainConfig(), output_dir=str(tmp_path), progress=None)
+
+
 # --------------------------------------------------------------------------------------
 # The scripts end to end
 # --------------------------------------------------------------------------------------
@@ -199,6 +316,7 @@ def _check_outputs(out, configs, seeds, stdout):
         variables = E.load_variables(str(out), r["config_id"], r["seed"])
         logits = M.get(r["config_id"]).apply(variables, x)
         np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), preds)
+    assert (out / "pairs.csv").read_text().startswith("a,b,question,seeds,")
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("config_id,seeds,test_accuracy_mean,test_accuracy_std,"
                                    "test_accuracy_ci95_low,test_accuracy_ci95_high")
