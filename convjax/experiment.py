@@ -41,7 +41,6 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -143,23 +142,6 @@ class Experiment:
 # --------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_results(output_dir: str) -> list[dict]:
     """The rows of ``<output_dir>/results.jsonl`` (empty if there is none).
 
@@ -195,7 +177,7 @@ def _append_row(output_dir: str, row: dict) -> None:
     if old and not old.endswith(b"\n"):
         raise ValueError(f"results: {path} does not end with a newline; it was not written "
                          f"by this code")
-    _atomic_write(path, old + (json.dumps(row) + "\n").encode())
+    T.atomic_write(path, old + (json.dumps(row) + "\n").encode())
 
 
 def _run_dir(kind: str, output_dir: str, config_id: str, seed: int) -> str:
@@ -231,7 +213,7 @@ def load_variables(output_dir: str, config_id: str, seed: int) -> dict:
 def _save_predictions(output_dir: str, config_id: str, seed: int, classes: np.ndarray):
     buf = io.BytesIO()
     np.save(buf, classes.astype(np.uint8))
-    _atomic_write(_run_dir("predictions", output_dir, config_id, seed), buf.getvalue())
+    T.atomic_write(_run_dir("predictions", output_dir, config_id, seed), buf.getvalue())
 
 
 def _save_labels(output_dir: str, labels: np.ndarray) -> None:
@@ -240,7 +222,7 @@ def _save_labels(output_dir: str, labels: np.ndarray) -> None:
     if old is None or not np.array_equal(old, labels):
         buf = io.BytesIO()
         np.save(buf, np.asarray(labels).astype(np.uint8))
-        _atomic_write(path, buf.getvalue())
+        T.atomic_write(path, buf.getvalue())
 
 
 def _load_labels(output_dir: str) -> np.ndarray | None:
@@ -553,9 +535,9 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
     out = {"configs": configs, "pairs": pairs, "failures": list(failures)}
     out["markdown"] = _markdown(experiment, configs, pairs, rows, failures)
     if output_dir:
-        _atomic_write(os.path.join(output_dir, "summary.md"), out["markdown"].encode())
-        _atomic_write(os.path.join(output_dir, "summary.csv"), _csv(configs).encode())
-        _atomic_write(os.path.join(output_dir, "pairs.csv"), _pairs_csv(pairs).encode())
+        T.atomic_write(os.path.join(output_dir, "summary.md"), out["markdown"].encode())
+        T.atomic_write(os.path.join(output_dir, "summary.csv"), _csv(configs).encode())
+        T.atomic_write(os.path.join(output_dir, "pairs.csv"), _pairs_csv(pairs).encode())
         if configs:
             _plots(experiment, configs, output_dir)
     return out
@@ -705,7 +687,7 @@ def _csv(configs: list[dict]) -> str:
 def _save_figure(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
+    T.atomic_write(path, buf.getvalue())
 
 
 def _plots(experiment: Experiment, configs: list[dict], output_dir: str) -> None:

@@ -40,7 +40,8 @@ from convjax import models as M
 __all__ = ["TrainConfig", "TrainState", "make_schedule", "make_optimizer", "create_state",
            "seed_keys", "epoch_order", "train_epoch_fn", "make_train_epoch", "evaluate_fn",
            "make_evaluate", "over_seeds", "SEED_STRATEGIES", "train_and_evaluate", "RunResult",
-           "OPTIMIZERS", "SCHEDULES", "YNN_FLAG", "default_xla_flags", "write_json"]
+           "OPTIMIZERS", "SCHEDULES", "YNN_FLAG", "default_xla_flags", "write_json",
+           "atomic_write"]
 
 #: Points of each epoch's training-loss curve in the metrics (means of equal runs of steps).
 CURVE_POINTS = 20
@@ -428,21 +429,29 @@ class RunResult:
     predictions: np.ndarray | None = None
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file in the same directory, renamed)."""
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory,
+    flushed to disk, then renamed over ``path`` (a reader sees the old or the new file,
+    never a part)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (:func:`atomic_write`)."""
+    atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def _in_notebook() -> bool:

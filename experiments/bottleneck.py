@@ -8,7 +8,7 @@ a 1x1 conv down to ``r`` channels, a 3x3 conv at ``r`` channels and a 1x1 conv u
 stage width. The second stage's 1x1 takes the first stage's C = 32 maps down to r = 4, 8,
 16 or 32 (C/8, C/4, C/2, C). ``-res`` adds the stage's input to its output (through a 1x1
 conv where the width changes). Defaults: 5 seeds, 1 epoch of 16,000 training images
-(about 10 minutes on a 2-core CPU); ``--quick`` trains two configs on 5,000 images.
+(8 minutes on a 2-core CPU); ``--quick`` trains two configs on 5,000 images.
 """
 
 from __future__ import annotations

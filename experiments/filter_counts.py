@@ -7,7 +7,7 @@ Every config is two 3x3 stages, each ending in a 2x2 max pool, and the same dens
 (128 hidden units). ``plain-k3-w<F>.64`` varies the first stage's filters F = 4, 8, 16,
 32, 64, 128 with the second stage fixed at 64; ``plain-k3-w32.64-x<m>`` scales both
 stages (and so the dense head's input) by m = 0.25, 0.5, 2 (m = 1 is
-``plain-k3-w32.64``). Defaults: 5 seeds, 1 epoch of 16,000 training images (about 10
+``plain-k3-w32.64``). Defaults: 5 seeds, 1 epoch of 16,000 training images (8
 minutes on a 2-core CPU); ``--quick`` trains F = 16 and 32 on 5,000 images.
 """
 

@@ -8,8 +8,8 @@ same dense head (128 hidden units). ``plain-k<k>`` has one k x k conv per stage;
 ``stacked-n<n>`` has n 3x3 convs per stage (ReLU between them), whose receptive field
 matches one (2n+1) x (2n+1) conv with fewer weights per stage (n * 9 * C^2 vs
 (2n+1)^2 * C^2 at equal widths) but more nonlinearities and activations. Defaults: 5
-seeds, 1 epoch of 10,000 training images (about 10 minutes on a 2-core CPU: the 7x7 and
-stacked configs cost 5 to 13 times the FLOPs of the 3x3 one); ``--quick`` trains 3x3
+seeds, 1 epoch of 10,000 training images (7 minutes on a 2-core CPU: the 7x7 and
+stacked configs cost 5 to 8 times the FLOPs of the 3x3 one); ``--quick`` trains 3x3
 and 5x5 on 5,000 images.
 """
 

@@ -102,7 +102,11 @@ def test_experiment_checks_configs_and_pairs():
 
 
 def test_scripts_define_the_experiments_of_the_issue():
+    # Importable beside the other scripts that define some of the same flags.
+    from experiments import demo  # noqa: F401  (defines --data_dir first)
     from experiments import bottleneck, filter_counts, kernel_sizes
+    from experiments import _sweep
+    assert _sweep._specs("bottleneck", bottleneck.DEFAULTS)["batch_size"][1] == 64
     b = bottleneck.EXPERIMENT.configs
     assert "plain-k3-w32.64" in b and "plain-k3-w32.64-res" in b
     assert {f"bottleneck-r{r}-k3-w32.64" for r in (4, 8, 16, 32)} <= set(b)
