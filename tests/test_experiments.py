@@ -2,6 +2,7 @@
 script end to end on a slice of MNIST, and resuming after a kill -9."""
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -25,8 +26,10 @@ needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST at {M
 
 # A --quick run shrunk further for CI: 2 configs x 2 seeds, 256 training and 500 test
 # images.
+# --seed_strategy=loop: a seed trained alone then equals the same seed trained in a group
+# exactly on any backend (vmap, the default on GPU/TPU, agrees to float round-off).
 SMALL = ["--quick", "--seeds=2", "--train_examples=256", "--test_examples=500",
-         "--batch_size=32", f"--data_dir={MNIST_DIR}"]
+         "--batch_size=32", "--seed_strategy=loop", f"--data_dir={MNIST_DIR}"]
 
 
 # --------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ def test_experiment_checks_configs_and_pairs():
 
 def test_scripts_define_the_experiments_of_the_issue():
     # Importable beside the other scripts that define some of the same flags.
-    from experiments import demo  # noqa: F401  (defines --data_dir first)
+    importlib.import_module("experiments.demo")  # defines --data_dir first
     from experiments import bottleneck, filter_counts, kernel_sizes
     from experiments import _sweep
     assert _sweep._specs("bottleneck", bottleneck.DEFAULTS)["batch_size"][1] == 64
@@ -215,7 +218,8 @@ def test_resume_mid_group_trains_the_missing_seed_alone_with_the_same_result(tmp
     exp = E.Experiment("x", "x", ("plain-k3-w4.8-h16",))
     cfg = T.TrainConfig(model="plain-k3-w4.8-h16", epochs=1, batch_size=32, seeds=2,
                         optimizer="adam", learning_rate=0.003)
-    kw = dict(train_split=train, test_split=test, progress=None)
+    kw = dict(train_split=train, test_split=test, progress=None,
+              seed_strategy="loop")  # exact on any backend
     E.run(exp, cfg, output_dir=str(tmp_path / "whole"), **kw)
     append = E._append_row
     calls = []
@@ -318,8 +322,11 @@ def _check_outputs(out, configs, seeds, stdout):
         assert preds.shape == (500,) and preds.dtype == np.uint8
         assert np.mean(preds == labels) == pytest.approx(r["test_accuracy"], abs=1e-6)
         variables = E.load_variables(str(out), r["config_id"], r["seed"])
-        logits = M.get(r["config_id"]).apply(variables, x)
-        np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), preds)
+        logits = np.asarray(M.get(r["config_id"]).apply(variables, x))
+        # Equal classes; on GPU (TF32 convolutions, another program) a near-tie may flip.
+        differ = np.flatnonzero(np.argmax(logits, -1) != preds)
+        top2 = np.sort(logits[differ], -1)[:, -2:]
+        assert differ.size <= 2 and np.all(top2[:, 1] - top2[:, 0] < 1e-2), differ
     assert (out / "pairs.csv").read_text().startswith("a,b,question,seeds,")
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("config_id,seeds,test_accuracy_mean,test_accuracy_std,"
@@ -352,7 +359,7 @@ def test_bottleneck_script_end_to_end(bottleneck_run):
 @needs_mnist
 @pytest.mark.parametrize("name", ["kernel_sizes", "filter_counts"])
 def test_other_scripts_end_to_end(tmp_path, name):
-    import importlib
+
     mod = importlib.import_module(f"experiments.{name}")
     p = _script(name, tmp_path)
     _check_outputs(tmp_path, mod.DEFAULTS.quick_configs, [0, 1], p.stdout)

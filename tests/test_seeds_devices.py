@@ -134,7 +134,7 @@ def test_placement_checks():
     devices = jax.devices()[:1]
     p = parallel.place("auto", 4, 64, 1000, devices)
     assert p.mode == "single" and p.num_devices == 1
-    assert "one cpu device: 4 seed(s), batch 64" == p.describe(4, 64)
+    assert f"one {devices[0].platform} device: 4 seed(s), batch 64" == p.describe(4, 64)
     with pytest.raises(ValueError, match="mode must be one of"):
         parallel.place("model", 1, 64, 1000)
     fake = [object()] * 8  # the checks come before any mesh is built

@@ -43,7 +43,7 @@ def test_trains_and_writes_metrics(mnist, tmp_path):
     first, last = result.epochs
     assert last["train_loss"] < first["train_loss"] < 2.3
     assert last["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
-    assert lines[0] == f"{TINY}: one cpu device: 1 seed(s), batch 64"
+    assert lines[0] == f"{TINY}: one {jax.devices()[0].platform} device: 1 seed(s), batch 64"
     assert len(lines) == 3 and lines[2].startswith(f"{TINY} epoch 2/2: train loss ")
     assert "images/s, ETA" in lines[1]
     assert (tmp_path / "notes.txt").read_text() == "not ours"
