@@ -47,7 +47,6 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from convjax import analysis as A
 from convjax import data as D
 from convjax import models as M
 from convjax import stats
@@ -180,16 +179,33 @@ def _append_row(output_dir: str, row: dict) -> None:
     T.atomic_write(path, old + (json.dumps(row) + "\n").encode())
 
 
-def _run_dir(kind: str, output_dir: str, config_id: str, seed: int) -> str:
-    if kind == "params":
-        return os.path.join(os.path.abspath(output_dir), "params", config_id, f"seed_{seed}")
+def _params_dir(output_dir: str, config_id: str, seed: int) -> str:
+    return os.path.join(os.path.abspath(output_dir), "params", config_id, f"seed_{seed}")
+
+
+def _predictions_path(output_dir: str, config_id: str, seed: int) -> str:
     return os.path.join(output_dir, "predictions", config_id, f"seed_{seed}.npy")
+
+
+def _labels_path(output_dir: str) -> str:
+    return os.path.join(output_dir, "predictions", "test_labels.npy")
+
+
+def _save_npy(path: str, classes: np.ndarray) -> None:
+    """Class indices as ``uint8 .npy``, atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(classes).astype(np.uint8))
+    T.atomic_write(path, buf.getvalue())
+
+
+def _load_npy(path: str) -> np.ndarray | None:
+    return np.load(path) if os.path.exists(path) else None
 
 
 def _save_variables(output_dir: str, config_id: str, seed: int, variables: dict) -> str:
     import orbax.checkpoint as ocp
 
-    path = _run_dir("params", output_dir, config_id, seed)
+    path = _params_dir(output_dir, config_id, seed)
     with quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, variables, force=True)  # a half-written save is never renamed in
         ckptr.wait_until_finished()
@@ -202,7 +218,7 @@ def load_variables(output_dir: str, config_id: str, seed: int) -> dict:
     ``models.get(config_id).apply(variables, x)``."""
     import orbax.checkpoint as ocp
 
-    path = _run_dir("params", output_dir, config_id, seed)
+    path = _params_dir(output_dir, config_id, seed)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"load_variables: no saved params for {config_id!r} seed "
                                 f"{seed} in {output_dir} (expected {path})")
@@ -211,28 +227,13 @@ def load_variables(output_dir: str, config_id: str, seed: int) -> dict:
 
 
 def _save_predictions(output_dir: str, config_id: str, seed: int, classes: np.ndarray):
-    buf = io.BytesIO()
-    np.save(buf, classes.astype(np.uint8))
-    T.atomic_write(_run_dir("predictions", output_dir, config_id, seed), buf.getvalue())
+    _save_npy(_predictions_path(output_dir, config_id, seed), classes)
 
 
 def _save_labels(output_dir: str, labels: np.ndarray) -> None:
-    path = os.path.join(output_dir, "predictions", "test_labels.npy")
-    old = np.load(path) if os.path.exists(path) else None
+    old = _load_npy(_labels_path(output_dir))
     if old is None or not np.array_equal(old, labels):
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(labels).astype(np.uint8))
-        T.atomic_write(path, buf.getvalue())
-
-
-def _load_labels(output_dir: str) -> np.ndarray | None:
-    path = os.path.join(output_dir, "predictions", "test_labels.npy")
-    return np.load(path) if os.path.exists(path) else None
-
-
-def _load_predictions(output_dir: str, config_id: str, seed: int) -> np.ndarray | None:
-    path = _run_dir("predictions", output_dir, config_id, seed)
-    return np.load(path) if os.path.exists(path) else None
+        _save_npy(_labels_path(output_dir), labels)
 
 
 def _git_commit() -> str | None:
@@ -427,21 +428,17 @@ def _run_locked(experiment, selected, train_config, output_dir, data_dir, test_e
 def _write_group(experiment: Experiment, output_dir: str, config: T.TrainConfig,
                  group: list[int], result: T.RunResult, test_split: D.Split,
                  settings: dict, commit: str | None) -> None:
-    model = M.get(config.model)
-    state = result.state
+    state = jax.device_get(result.state)  # one copy to the host for all seeds
     n_test = int(test_split.labels.shape[0])
     classes = np.asarray(result.predictions)
     s = result.summary
-    input_shape = tuple(int(d) for d in test_split.images.shape[1:])
-    forward_flops = int(A.analyze_model(model, input_shape).total()["flops"])
     model_config = dataclasses.asdict(M.parse(config.model))
     device = jax.devices()[0]
     import flax
     for i, seed in enumerate(group):
-        variables = {"params": jax.tree.map(lambda v: np.asarray(v[i]), state.params)}
+        variables = {"params": jax.tree.map(lambda v: v[i], state.params)}
         if jax.tree.leaves(state.batch_stats):
-            variables["batch_stats"] = jax.tree.map(lambda v: np.asarray(v[i]),
-                                                    state.batch_stats)
+            variables["batch_stats"] = jax.tree.map(lambda v: v[i], state.batch_stats)
         _save_variables(output_dir, config.model, seed, variables)
         _save_predictions(output_dir, config.model, seed, classes[i])
         epochs = [dict(_epoch_metrics(e["per_seed"][i]), epoch=e["epoch"])
@@ -459,7 +456,7 @@ def _write_group(experiment: Experiment, output_dir: str, config: T.TrainConfig,
             "last_epoch": epochs[-1],
             "epochs": epochs,
             "params": s["params"],
-            "flops_per_image": forward_flops,
+            "flops_per_image": s["forward_flops_per_image"],
             "train_flops_per_image": s["flops_per_image"],
             "train_seconds": s["train_seconds"] / len(group),
             "compile_seconds": s["compile_seconds"],
@@ -529,7 +526,7 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
                                for e in range(min(len(r["epochs"]) for r in rs))],
             "loss_curve": _loss_curve(rs),
         })
-    labels = _load_labels(output_dir) if output_dir else None
+    labels = _load_npy(_labels_path(output_dir)) if output_dir else None
     pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir, labels)
              for p in experiment.pairs]
     out = {"configs": configs, "pairs": pairs, "failures": list(failures)}
@@ -570,8 +567,8 @@ def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
     out.update(res)
     mc = []
     for s in common if output_dir and labels is not None else ():
-        pa = _load_predictions(output_dir, pair.a, s)
-        pb = _load_predictions(output_dir, pair.b, s)
+        pa = _load_npy(_predictions_path(output_dir, pair.a, s))
+        pb = _load_npy(_predictions_path(output_dir, pair.b, s))
         if pa is None or pb is None or not pa.shape == pb.shape == labels.shape:
             continue
         mc.append(dict(stats.mcnemar(pa == labels, pb == labels), seed=s))

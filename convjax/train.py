@@ -466,11 +466,12 @@ def default_progress(line: str) -> None:
         logging.info("%s", line)
 
 
-def _flops_per_image(model, input_shape) -> int:
-    """Training FLOPs per image: forward, kernel gradients and the input gradients
-    needed (see :mod:`convjax.analysis.xla`)."""
+def _flops_per_image(model, input_shape) -> tuple[int, int]:
+    """``(forward, training)`` FLOPs per image, from one analysis of the model: training
+    counts the forward pass, kernel gradients and the input gradients needed (see
+    :mod:`convjax.analysis.xla`)."""
     analysis = A.analyze_model(model, input_shape)
-    return 2 * A.xla.train_macs(analysis)
+    return int(analysis.total()["flops"]), 2 * A.xla.train_macs(analysis)
 
 
 def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
@@ -664,6 +665,7 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
         if manager is not None:
             manager.close()
     last = history[-1]["per_seed"]
+    forward_flops, train_flops = _flops_per_image(model, input_shape)
     summary = {
         "config": dataclasses.asdict(config),
         "accuracy_unit": "fraction",
@@ -679,7 +681,8 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
                                                    for h in history])),
         "params": M.count_params({"params": jax.tree.map(  # one seed's, from shapes
             lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state.params)}),
-        "flops_per_image": _flops_per_image(model, input_shape),
+        "flops_per_image": train_flops,
+        "forward_flops_per_image": forward_flops,
         "devices": [str(d) for d in placement.mesh.devices.flat],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_version": jax.__version__,

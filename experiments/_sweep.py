@@ -1,10 +1,12 @@
 """The flags and ``main`` shared by the experiment scripts (bottleneck, kernel_sizes,
 filter_counts): each script builds its :class:`convjax.experiment.Experiment` and its
-defaults, and calls :func:`define_flags` then :func:`main`."""
+defaults, and gets its ``main`` from :func:`script`."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 from typing import Any
 
 from absl import app, flags
@@ -75,14 +77,20 @@ def _specs(name: str, defaults: Defaults) -> dict[str, tuple[Any, Any, str, dict
     }
 
 
-def define_flags(name: str, defaults: Defaults) -> None:
-    """Define the shared flags with this script's defaults. A flag that another module of
-    the process already defined (a second script, or ``experiments.train``, imported by
-    the tests or a notebook) is reused: :func:`main` reads a flag's value only when it
-    was given on the command line, and this script's default otherwise."""
-    for flag, (define, default, help_, extra) in _specs(name, defaults).items():
+def script(experiment, defaults: Defaults, module: str):
+    """Define the shared flags for the script ``module`` (its ``__name__``) with its
+    defaults, and return its ``main`` for ``app.run``.
+
+    The flags are registered as the script's own, so its ``--help`` lists them. A flag
+    that another module of the process already defined (a second script, or
+    ``experiments.train``, imported by the tests or a notebook) is reused: :func:`main`
+    reads a flag's value only when it was given on the command line, and this script's
+    default otherwise."""
+    owner = sys.argv[0] if module == "__main__" else module  # absl's name for __main__
+    for flag, (define, default, help_, extra) in _specs(experiment.name, defaults).items():
         if flag not in FLAGS:
-            define(flag, default, help=help_, **extra)
+            define(flag, default, help=help_, module_name=owner, **extra)
+    return functools.partial(main, experiment=experiment, defaults=defaults)
 
 
 def main(argv, experiment, defaults: Defaults) -> int:

@@ -13,7 +13,7 @@ conv where the width changes). Defaults: 5 seeds, 1 epoch of 16,000 training ima
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
 
 from convjax.experiment import Experiment, Pair
 from experiments import _sweep
@@ -41,12 +41,7 @@ EXPERIMENT = Experiment(
 
 DEFAULTS = _sweep.Defaults(train_examples=16000, epochs=1,
                            quick_configs=(PLAIN, "bottleneck-r8-k3-w32.64"))
-_sweep.define_flags(EXPERIMENT.name, DEFAULTS)
-flags.adopt_module_key_flags(_sweep)  # --help lists the shared flags too
-
-
-def main(argv):
-    return _sweep.main(argv, EXPERIMENT, DEFAULTS)
+main = _sweep.script(EXPERIMENT, DEFAULTS, __name__)
 
 
 if __name__ == "__main__":

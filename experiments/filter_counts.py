@@ -13,7 +13,7 @@ minutes on a 2-core CPU); ``--quick`` trains F = 16 and 32 on 5,000 images.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
 
 from convjax.experiment import Experiment, Pair
 from experiments import _sweep
@@ -43,12 +43,7 @@ EXPERIMENT = Experiment(
 
 DEFAULTS = _sweep.Defaults(train_examples=16000, epochs=1,
                            quick_configs=(_first(16), _first(32)))
-_sweep.define_flags(EXPERIMENT.name, DEFAULTS)
-flags.adopt_module_key_flags(_sweep)  # --help lists the shared flags too
-
-
-def main(argv):
-    return _sweep.main(argv, EXPERIMENT, DEFAULTS)
+main = _sweep.script(EXPERIMENT, DEFAULTS, __name__)
 
 
 if __name__ == "__main__":

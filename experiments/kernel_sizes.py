@@ -15,7 +15,7 @@ and 5x5 on 5,000 images.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
 
 from convjax.experiment import Experiment, Pair
 from experiments import _sweep
@@ -38,12 +38,7 @@ EXPERIMENT = Experiment(
            "the receptive field of one 5x5 / 7x7.",))
 
 DEFAULTS = _sweep.Defaults(train_examples=10000, epochs=1, quick_configs=(K[3], K[5]))
-_sweep.define_flags(EXPERIMENT.name, DEFAULTS)
-flags.adopt_module_key_flags(_sweep)  # --help lists the shared flags too
-
-
-def main(argv):
-    return _sweep.main(argv, EXPERIMENT, DEFAULTS)
+main = _sweep.script(EXPERIMENT, DEFAULTS, __name__)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ r"""Train one model on MNIST (or Fashion-MNIST, KMNIST) and write its metrics.
 A thin shell around :func:`convjax.train.train_and_evaluate`. Writes ``metrics.jsonl``
 (one line per epoch) and ``metrics.json`` (the summary: ``test_accuracy`` per seed as
 fractions, ``train_images_per_second``, ``compile_seconds``, ``train_seconds``,
-``params``, ``flops_per_image``, ``devices``, ``xla_flags``, ``jax_version``) to
-``--output_dir``; other files there are left alone.
+``params``, ``flops_per_image`` (training), ``forward_flops_per_image``, ``devices``,
+``xla_flags``, ``jax_version``) to ``--output_dir``; other files there are left alone.
 
 It adds ``--xla_cpu_experimental_ynn_fusion_type=`` to ``XLA_FLAGS`` (XLA:CPU only:
 YNNPACK's dot, convolution and reduction paths off, Eigen instead: 1.4x faster training
