@@ -6,18 +6,20 @@ Activations are NWC / NHWC / NDHWC and kernels WIO / HWIO / DHWIO (see
 
 Modules, in import order (each imports only those before it):
 ``layout`` -> ``functional`` -> ``init`` -> ``reference`` -> ``analysis`` -> ``layers``
--> ``models`` -> ``data``.
+-> ``models`` -> ``fcn`` -> ``data``. ``convjax.fcn.to_fully_convolutional`` turns a
+trained model's ``flatten -> dense`` head into convolutions (any input size).
 Activations are ``jax.nn``'s (``jax.nn.relu``...). ``python -m convjax.explain`` prints
 the exact table of a conv stack (:mod:`convjax.analysis`).
 """
 
-from convjax import analysis, data, functional, init, layers, layout, models, reference
+from convjax import analysis, data, fcn, functional, init, layers, layout, models, reference
 from convjax.functional import (avg_pool, batch_norm, conv, conv_transpose, dense,
                                 depthwise_conv, dropout, flatten, global_avg_pool,
                                 global_max_pool, max_pool, pointwise, separable_conv)
 
 __version__ = "0.1.0"
 
-__all__ = ["layout", "functional", "init", "reference", "analysis", "layers", "models", "data",
+__all__ = ["layout", "functional", "init", "reference", "analysis", "layers", "models", "fcn",
+           "data",
            "conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv", "dense", "flatten", "dropout", "batch_norm",
            "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "__version__"]

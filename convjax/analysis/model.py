@@ -35,7 +35,19 @@ import jax.numpy as jnp
 
 from convjax.analysis import core
 
-__all__ = ["analyze_model", "trace_layers"]
+__all__ = ["analyze_model", "trace_layers", "replaced_call"]
+
+#: One set per active :func:`trace_layers`: ids of modules whose current call was replaced.
+_REPLACED: list[set[int]] = []
+
+
+def replaced_call(module: nn.Module) -> None:
+    """Tell an active :func:`trace_layers` that ``module``'s current call does not run as
+    written but is replaced, by a method interceptor, with the layers it calls instead
+    (:mod:`convjax.fcn` replaces a flatten by nothing and a dense layer by a conv). The
+    table then shows the replacements and not the module. A no-op outside a trace."""
+    if _REPLACED:
+        _REPLACED[-1].add(id(module))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +67,16 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = j
     """
     calls: list[_Call] = []
     params: list[int] = []
+    replaced: set[int] = set()
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         if not calls and context.method_name == "__call__" and args:
             calls.append(_Call("", module, args[0], None))
         y = next_fun(*args, **kwargs)
+        if id(module) in replaced:
+            replaced.discard(id(module))
+            return y
         if (context.method_name == "__call__" and hasattr(module, "describe") and args
                 and hasattr(args[0], "shape") and hasattr(y, "shape")):
             calls.append(_Call("/".join(module.path), module, args[0], y))
@@ -75,7 +91,11 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *, dtype: Any = j
                           for p in jax.tree.leaves(variables.get("params", {}))))
         return ()
 
-    jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    _REPLACED.append(replaced)
+    try:
+        jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    finally:
+        _REPLACED.pop()
     calls[0] = dataclasses.replace(calls[0], y=params[0])  # the top call carries the count
     return calls
 

@@ -28,7 +28,8 @@ from convjax.analysis import specs as S
 from convjax.analysis.model import analyze_model
 from convjax.analysis.render import shape_name
 
-__all__ = ["fully_convolutional", "SizeReport", "input_size_report"]
+__all__ = ["fully_convolutional", "split_head", "HEAD_PASSTHROUGH", "SizeReport",
+           "input_size_report"]
 
 
 def _as_specs(layers) -> tuple[S.LayerSpec, ...]:
@@ -45,36 +46,77 @@ def fully_convolutional(layers: Sequence[S.LayerSpec] | str,
     output at ``input_shape`` (as ``[1, 1, units]`` instead of ``[units]``).
 
     Raises:
-      ValueError: no flatten followed by dense, or a layer between the flatten and the
-        dense layers that is not dropout or an activation.
+      ValueError: no flatten followed by dense (see :func:`split_head`), or a layer
+        between the flatten and the dense layers that is not dropout, batch norm or an
+        activation.
     """
     specs = _as_specs(layers)
     analysis = core.analyze(specs, input_shape)
-    out: list[S.LayerSpec] = []
-    flat_at = None
-    for row in analysis.rows:
+    flat, head = split_head(analysis, "fully_convolutional")
+    out = [r.spec for r in analysis.rows[:flat.index - 1]]
+    for row in head:
         spec = row.spec
-        if flat_at is None:
-            if isinstance(spec, S.Flatten) and len(row.input_shape) > 1:
-                flat_at = row
-                continue
-            out.append(spec)
-            continue
         if isinstance(spec, S.Dense):
             window = (row.flattened_map[:-1] if row.input_size_dependent
-                      else (1,) * (len(flat_at.input_shape) - 1))
-            out.append(S.Conv(spec.features, window, 1, "VALID", 1, 1, spec.use_bias,
-                              spec.activation))
-        elif isinstance(spec, (S.Dropout, S.Activation)):
-            out.append(spec)
-        else:
-            raise ValueError(f"fully_convolutional: layer {row.index} `{row.text}` after "
-                             f"the flatten is not dense, dropout or an activation; only "
-                             f"flatten -> dense -> ... -> dense heads are converted")
-    if flat_at is None or not any(r.input_size_dependent for r in analysis.rows):
-        raise ValueError("fully_convolutional: the stack has no flatten followed by dense "
-                         "layers; it is already fully convolutional (or has no head)")
+                      else (1,) * (len(flat.input_shape) - 1))
+            spec = S.Conv(spec.features, window, 1, "VALID", 1, 1, spec.use_bias,
+                          spec.activation)
+        out.append(spec)
     return tuple(out)
+
+
+#: Layers that may sit between the dense layers of a head being converted: they act on
+#: each feature alone (per position once the head is convolutional).
+HEAD_PASSTHROUGH = (S.Dropout, S.Activation, S.BatchNorm)
+
+
+def split_head(analysis: core.Analysis, who: str) -> tuple[core.LayerRow,
+                                                             tuple[core.LayerRow, ...]]:
+    """The flatten row and the rows after it of a ``flatten -> dense -> ... -> dense``
+    head (dropout, activations and batch norm may sit between the dense layers).
+
+    Raises ``ValueError`` (its message starting with ``who``) saying why a stack has no
+    such head: a global pooling head (already fully convolutional), a dense layer whose
+    input is not a flattened map, more than one flatten, or another layer in the head.
+    """
+    rows = analysis.rows
+    flats = [r for r in rows if isinstance(r.spec, S.Flatten) and len(r.input_shape) > 1]
+    if not flats:
+        pools = [r for r in rows if isinstance(r.spec, S.GlobalPool)]
+        dense = [r for r in rows if isinstance(r.spec, S.Dense)]
+        if pools:
+            p = pools[0]
+            raise ValueError(
+                f"{who}: there is no flatten followed by dense layers to convert: layer "
+                f"{p.index} `{p.text}`{f' ({p.path})' if p.path else ''} pools the whole map "
+                f"to one vector per channel, so the head is already fully convolutional and "
+                f"the model takes any input size as it is (one prediction per image; a "
+                f"per-position map needs the model without its global pool)")
+        if dense:
+            d = dense[0]
+            raise ValueError(
+                f"{who}: there is no flatten followed by dense layers to convert: dense "
+                f"layer {d.index}{f' ({d.path})' if d.path else ''} takes "
+                f"{list(d.input_shape)}, not a flattened spatial map (the head must flatten "
+                f"the last feature map with a Flatten layer)")
+        raise ValueError(f"{who}: there is no flatten followed by dense layers to convert "
+                         f"(the stack has no head that fixes its input size)")
+    if len(flats) > 1:
+        raise ValueError(f"{who}: the stack flattens {len(flats)} times (layers "
+                         f"{', '.join(str(r.index) for r in flats)}); only one "
+                         f"flatten -> dense -> ... -> dense head is converted")
+    flat = flats[0]
+    head = rows[flat.index:]
+    for row in head:
+        if not isinstance(row.spec, (S.Dense, *HEAD_PASSTHROUGH)):
+            raise ValueError(
+                f"{who}: layer {row.index} `{row.text}`{f' ({row.path})' if row.path else ''}"
+                f" after the flatten is not dense, dropout, batch norm or an activation; "
+                f"only flatten -> dense -> ... -> dense heads are converted")
+    if not any(isinstance(r.spec, S.Dense) for r in head):
+        raise ValueError(f"{who}: the flatten (layer {flat.index}) is not followed by a "
+                         f"dense layer; there is no head to convert")
+    return flat, tuple(head)
 
 
 @dataclasses.dataclass(frozen=True)
