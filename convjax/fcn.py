@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -55,7 +56,7 @@ from convjax.analysis.model import analyze_model, replaced_call
 from convjax.analysis.sizes import split_head
 
 __all__ = ["FullyConvolutional", "to_fully_convolutional", "shift_and_stitch",
-           "sliding_window_predict", "output_positions"]
+           "sliding_window_predict", "output_positions", "predicted_flops"]
 
 
 class FullyConvolutional(nn.Module):
@@ -322,7 +323,8 @@ def shift_and_stitch(fcn_model: FullyConvolutional, fcn_variables: Mapping[str, 
 
     One pass gives the windows at multiples of ``jump``; the pass on the input shifted by
     ``(dy, dx)`` gives those at ``(i * jump + dy, j * jump + dx)``. The ``jump x jump``
-    shifted copies run as one batch and their maps are interleaved (OverFeat). For a VALID
+    shifted copies run as one batch and their maps are interleaved (OverFeat); along an
+    axis with fewer than ``jump`` windows, only the shifts that give one run. For a VALID
     trunk each entry equals the original model on its window (stride-1 sliding window).
 
     Args:
@@ -342,26 +344,62 @@ def shift_and_stitch(fcn_model: FullyConvolutional, fcn_variables: Mapping[str, 
     return _shift_and_stitch(fcn_model, fcn_variables, x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _shift_and_stitch(fcn_model, fcn_variables, x):
-    spatial = x.shape[1:-1]
+def _stitch_plan(fcn_model: FullyConvolutional, spatial: Sequence[int]):
+    """Shifts per axis, windows per shift, the crop each shift runs on and the padding.
+
+    Shifts ``0 .. min(jump, out) - 1`` per axis: where fewer than ``jump`` positions are
+    wanted (a 28-pixel-tall strip has one row of windows), the other shifts are skipped.
+    """
     jump, inp = fcn_model.jump, fcn_model.input_shape[:-1]
     out = [s - i + 1 for s, i in zip(spatial, inp)]
+    shifts = [min(j, o) for j, o in zip(jump, out)]
     maps = [-(-o // j) for o, j in zip(out, jump)]  # windows per shift: ceil(out / jump)
     crop = [i + (m - 1) * j for i, m, j in zip(inp, maps, jump)]
-    pad = [max(0, j - 1 + c - s) for j, c, s in zip(jump, crop, spatial)]
+    pad = [max(0, t - 1 + c - s) for t, c, s in zip(shifts, crop, spatial)]
+    return out, shifts, maps, crop, pad
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _shift_and_stitch(fcn_model, fcn_variables, x):
+    out, shifts, maps, crop, pad = _stitch_plan(fcn_model, x.shape[1:-1])
     xp = jnp.pad(x, [(0, 0), *((0, p) for p in pad), (0, 0)])
-    shifts = list(itertools.product(*(range(j) for j in jump)))
     stack = jnp.concatenate([
         jax.lax.slice(xp, (0, *s, 0), (x.shape[0], *(a + c for a, c in zip(s, crop)),
-                                       x.shape[-1])) for s in shifts])
-    y = fcn_model.apply(fcn_variables, stack)  # [prod(jump) * N, *maps, K]
-    n, d, k = x.shape[0], len(jump), y.shape[-1]
-    y = y.reshape(*jump, n, *maps, k)
-    # axes: jump_0..jump_{d-1}, N, map_0..map_{d-1}, K -> N, (map_0, jump_0), ..., K
+                                       x.shape[-1]))
+        for s in itertools.product(*(range(t) for t in shifts))])
+    y = fcn_model.apply(fcn_variables, stack)  # [prod(shifts) * N, *maps, K]
+    n, d, k = x.shape[0], len(shifts), y.shape[-1]
+    y = y.reshape(*shifts, n, *maps, k)
+    # axes: shift_0..shift_{d-1}, N, map_0..map_{d-1}, K -> N, (map_0, shift_0), ..., K:
+    # position m * jump + s (where shift < jump, maps == 1 and the position is s)
     order = [d] + [a for i in range(d) for a in (d + 1 + i, i)] + [2 * d + 1]
-    y = y.transpose(order).reshape(n, *(m * j for m, j in zip(maps, jump)), k)
+    y = y.transpose(order).reshape(n, *(m * t for m, t in zip(maps, shifts)), k)
     return y[(slice(None), *(slice(0, o) for o in out))]
+
+
+def predicted_flops(fcn_model: FullyConvolutional, input_shape: Sequence[int], *,
+                    stride: int | None = None) -> dict[str, int]:
+    """FLOPs per input of ``input_shape`` (``(H, W, C)``) from the exact analysis tables.
+
+    ``stride=None`` (the jump): one pass of ``fcn_model`` vs the original model on each of
+    its windows; ``stride=1``: :func:`shift_and_stitch`'s passes vs every window. Returns
+    ``{"windows", "sliding_flops", "fcn_flops", "ratio"}`` (``ratio`` = sliding / fcn).
+    """
+    shape = _shape(input_shape, "predicted_flops")
+    fcn_model.check_input((1, *shape))
+    window = analyze_model(fcn_model.model, fcn_model.input_shape).total()["flops"]
+    if stride is None:
+        windows = math.prod(output_positions(fcn_model, shape[:-1]))
+        fcn = analyze_model(fcn_model, shape).total()["flops"]
+    elif stride == 1:
+        out, shifts, _, crop, _ = _stitch_plan(fcn_model, shape[:-1])
+        windows = math.prod(out)
+        fcn = math.prod(shifts) * analyze_model(fcn_model, (*crop, shape[-1])).total()["flops"]
+    else:
+        raise ValueError(f"predicted_flops: stride must be None (the jump, "
+                         f"{fcn_model.jump}) or 1, got {stride!r}")
+    return {"windows": windows, "sliding_flops": windows * window, "fcn_flops": fcn,
+            "ratio": windows * window / fcn}
 
 
 def sliding_window_predict(model: nn.Module, variables: Mapping[str, Any], image: jax.Array,
