@@ -86,11 +86,23 @@ def script(experiment, defaults: Defaults, module: str):
     ``experiments.train``, imported by the tests or a notebook) is reused: :func:`main`
     reads a flag's value only when it was given on the command line, and this script's
     default otherwise."""
+    define_flags(_specs(experiment.name, defaults), module)
+    return functools.partial(main, experiment=experiment, defaults=defaults)
+
+
+def define_flags(specs: dict[str, tuple[Any, Any, str, dict]], module: str) -> None:
+    """Register ``specs`` (flag name -> (definer, default, help, extra arguments)) as the
+    flags of the script ``module``, reusing any flag another module already defined
+    (read them with :func:`flag_value`)."""
     owner = sys.argv[0] if module == "__main__" else module  # absl's name for __main__
-    for flag, (define, default, help_, extra) in _specs(experiment.name, defaults).items():
+    for flag, (define, default, help_, extra) in specs.items():
         if flag not in FLAGS:
             define(flag, default, help=help_, module_name=owner, **extra)
-    return functools.partial(main, experiment=experiment, defaults=defaults)
+
+
+def flag_value(specs: dict[str, tuple[Any, Any, str, dict]], flag: str) -> Any:
+    """The flag's value when given on the command line, else this script's default."""
+    return FLAGS[flag].value if FLAGS[flag].present else specs[flag][1]
 
 
 def main(argv, experiment, defaults: Defaults) -> int:
@@ -98,8 +110,7 @@ def main(argv, experiment, defaults: Defaults) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     specs = _specs(experiment.name, defaults)
 
-    def value(flag):
-        return FLAGS[flag].value if FLAGS[flag].present else specs[flag][1]
+    value = functools.partial(flag_value, specs)
 
     from convjax import train as T  # after flag parsing: XLA flags before jax starts
 

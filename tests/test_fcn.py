@@ -143,9 +143,10 @@ def test_one_dimensional_model(rng):
         "windows": 12, "sliding_flops": 12 * 400, "fcn_flops": 2 * 2 * 750, "ratio": 1.6}
 
 
-FAMILIES = ["tf-tutorial-valid", "flax-example-valid", "plain-k3-w8.16-h16-valid",
-            "bottleneck-r4-k3-w8.16-bn-do0.5-valid", "stacked-n2-w4.8-h0-valid",
-            "plain-k5-w8.16-avgpool-h16-valid"]
+#: The fixed models and the ConvNet blocks (max and average pooling, batch norm, dropout,
+#: no hidden layer); the doctest and the script test cover plain-k3 ConvNets.
+FAMILIES = ["tf-tutorial-valid", "flax-example-valid", "bottleneck-r4-k3-w8.16-bn-do0.5-valid",
+            "stacked-n2-w4.8-h0-valid"]
 
 
 @pytest.mark.parametrize("model_id", FAMILIES)
@@ -264,3 +265,47 @@ def test_inputs_are_checked_before_tracing():
     with pytest.raises(ValueError, match=r"stride must be a positive int"):
         FC.sliding_window_predict(model, variables, jnp.zeros((1, 20, 40, 2)), 0,
                                   input_shape=(16, 14, 2))
+
+
+def test_variable_input_script_end_to_end(tmp_path):
+    """Two tiny models (VALID and its SAME twin) trained on 1,000 digits, read 4 strips
+    and 4 grids; the files and the exactness of the VALID model are checked."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MNIST_DIR
+
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"no MNIST at {MNIST_DIR}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "vi"
+    cmd = [sys.executable, "-m", "experiments.variable_input", f"--data_dir={MNIST_DIR}",
+           "--quick", "--model=plain-k3-w8.16-h16-valid", "--train_examples=1000",
+           "--canvases=4", f"--output_dir={out}"]
+    p = subprocess.run(cmd, cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    valid, same = doc["models"]
+    assert (valid["model"], same["model"]) == ("plain-k3-w8.16-h16-valid", "plain-k3-w8.16-h16")
+    assert valid["exact"] and not same["exact"] and valid["jump"] == [4, 4]
+    for kind, canvas, one_pass, stride1 in [("strip", [28, 140], [1, 29], [1, 113]),
+                                            ("grid", [84, 84], [15, 15], [57, 57])]:
+        v, s = valid["canvases"][kind], same["canvases"][kind]
+        assert (v["canvas"], v["one_pass_map"], v["stride1_map"]) == (canvas, one_pass,
+                                                                     stride1)
+        assert max(v["max_abs_diff_jump"], v["max_abs_diff_stride1"],
+                   v["max_abs_diff_digits"]) <= 1e-4
+        assert v["accuracy_fcn_map"] == v["accuracy_alone"] == v["accuracy_one_pass"]
+        assert v["argmax_agreement_jump"] == 1.0 and s["max_abs_diff_jump"] > 1e-3
+        t = v["timing"]
+        assert set(t) == {"jump", "1"} and t["jump"]["flop_ratio"] > 1
+        assert t["1"]["windows_per_canvas"] == stride1[0] * stride1[1]
+        assert "timing" not in s  # only the VALID model is timed
+    assert v["digits"] == 4 * 9
+    text = (out / "summary.md").read_text()
+    assert "VALID trunk: exact" in text and "Conv_0, Conv_1 read padding" in text
+    assert (out / "canvas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "train" / "results.jsonl").is_file()
