@@ -243,6 +243,8 @@ def markdown(settings: dict, models: list[dict]) -> str:
 def plot(path: str, canvases: dict, result: dict) -> None:
     """A strip and a grid with the converted model's predictions over them."""
     import numpy as np
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     from convjax.train import atomic_write
@@ -295,6 +297,9 @@ def plot(path: str, canvases: dict, result: dict) -> None:
                     color="green" if k == labels[0, r, c] else "red")
     ax.set_xlim(0, x.shape[2])
     ax.set_ylim(x.shape[1], 0)
+    legend = fig.colorbar(ScalarMappable(Normalize(-0.5, 9.5), "tab10"), ax=ax,
+                          ticks=range(10), fraction=0.04, pad=0.02)
+    legend.set_label("class", fontsize=8)
     ax.set_title(f"the class predicted for the window centred at each pixel ({h}x{w} "
                  f"map, colour = class, opacity = confidence)", fontsize=9)
     ax.axis("off")
