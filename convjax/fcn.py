@@ -67,6 +67,8 @@ class FullyConvolutional(nn.Module):
     The wrapped model runs as written (same trunk, same activations, dropout and batch
     norm between the head layers), except that its flatten keeps the map and each head
     dense layer runs as a conv: the first a VALID ``window`` conv, the later ones 1x1.
+    It runs on the part of ``x`` that whole windows cover (``(count - 1) * jump +
+    input`` per axis), so that SAME layers pad as they did at the training size.
     Called as every model: ``apply(variables, x)`` is inference; ``train=True`` is passed
     on to the wrapped model (dropout per position).
 
@@ -116,6 +118,13 @@ class FullyConvolutional(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(jnp.shape(x))
+        # Run on the part of x that whole windows cover, (count - 1) * jump + input per
+        # axis: every SAME layer then pads as it did at the training size (its padding
+        # depends on the size modulo its stride), and a trunk that leaves rows unread
+        # gives no position whose window ends past x.
+        counts = output_positions(self, jnp.shape(x)[1:-1])
+        x = x[(slice(None), *(slice(0, (c - 1) * j + i) for c, j, i in
+                              zip(counts, self.jump, self.input_shape[:-1])))]
         first = self.head[0]
 
         def interceptor(next_fun, args, kwargs, context):
@@ -145,10 +154,11 @@ class FullyConvolutional(nn.Module):
                                  f"{type(self.model).__name__}.__call__ has no train argument")
             else:
                 y = self.model(x)
-        # A trunk that leaves the last rows of its input unread (a stride that does not
-        # divide) gives one more position, whose window would end past the input: cut it.
-        counts = output_positions(self, jnp.shape(x)[1:-1])
-        return y[(slice(None), *(slice(0, c) for c in counts))]
+        if tuple(y.shape[1:-1]) != counts:
+            raise ValueError(f"FullyConvolutional: the converted model gave a "
+                             f"{list(y.shape[1:-1])} map where {list(counts)} windows fit; "
+                             f"the model's trunk does not slide as one window per jump")
+        return y
 
 
 def _takes_train(model: nn.Module) -> bool:
@@ -185,7 +195,9 @@ def to_fully_convolutional(model: nn.Module, variables: Mapping[str, Any],
         1D/3D models).
       check: run both models on one batch of the training size and raise if the logits
         differ by more than float round-off (a guard against a head the conversion cannot
-        see, such as a reshape written inline).
+        see, such as a reshape written inline); for an exact (VALID) trunk, also compare
+        the map on an input one jump larger per axis with the windows it covers (a guard
+        against an inline operation that mixes positions). No check covers every input.
 
     Returns:
       ``(fcn_model, fcn_variables)``: a :class:`FullyConvolutional` and the same
@@ -219,7 +231,8 @@ def to_fully_convolutional(model: nn.Module, variables: Mapping[str, Any],
         raise ValueError(f"{who}: cannot read the model's layers at input_shape "
                          f"{shape}: {e}") from e
     flat, head = split_head(analysis, who)
-    dense = [r for r in head if isinstance(r.spec, S.Dense)]
+    dense = list({r.path: r for r in reversed(head) if isinstance(r.spec, S.Dense)}
+                 .values())[::-1]  # a layer called twice (shared weights) once, in order
     if any(not r.path for r in dense):
         raise ValueError(f"{who}: the head's dense layers have no module path")
     jump = tuple(Fraction(j) for j in flat.jump)
@@ -300,6 +313,22 @@ def _check_same(model, variables, fcn, fcn_variables, shape, who) -> None:
             f"input_shape {shape} (max abs difference {diff:.3g} > {tol:.3g}): the head "
             f"computes something the conversion cannot see (an inline reshape, a layer that "
             f"is not a convjax.layers module, or a value that mixes positions); pass "
+            f"check=False to skip this check")
+    if not fcn.exact:
+        return  # a SAME trunk differs from the windows on a larger input by design
+    big = (*(i + j for i, j in zip(shape[:-1], fcn.jump)), shape[-1])  # 2 windows per axis
+    x = jax.random.normal(jax.random.key(1), (1, *big), jnp.float32)
+    z = np.asarray(jax.jit(fcn.apply)(fcn_variables, x), np.float64)
+    y = np.asarray(sliding_window_predict(model, variables, x, fcn.jump, input_shape=shape),
+                   np.float64)
+    diff = float(np.max(np.abs(y - z)))
+    tol = 1e-4 * (1.0 + float(np.max(np.abs(y))))
+    if not diff <= tol:
+        raise ValueError(
+            f"{who}: on a {list(big)} input the converted model's map differs from the "
+            f"windows it replaces (max abs difference {diff:.3g} > {tol:.3g}), although no "
+            f"layer reads padding: the model computes something over the whole image that "
+            f"the conversion cannot see (e.g. an inline mean over positions); pass "
             f"check=False to skip this check")
 
 
@@ -447,8 +476,8 @@ def _sliding(model, shape, stride, batch_size, variables, x):
                         indexing="ij")
     starts = np.stack([g.ravel() for g in grids], axis=1).astype(np.int32)  # [windows, 1+d]
     total = len(starts)
-    batch = min(batch_size, total)
-    chunks = -(-total // batch)
+    chunks = -(-total // batch_size)
+    batch = -(-total // chunks)  # balanced batches: at most chunks - 1 repeated windows
     starts = np.concatenate([starts, np.repeat(starts[-1:], chunks * batch - total, 0)])
 
     def run(chunk):

@@ -10,8 +10,10 @@ digits: 28x140 strips of 5 and 84x84 grids of 9. It reports
 
 * equality: the converted model's map against the sliding window (max abs difference of
   the logits) at stride = jump (one pass) and at stride 1 (shift and stitch);
-* reading: accuracy of the map at the digits' positions, against the model on the digits
-  alone (for a VALID trunk they must agree; the SAME twin shows the border effect);
+* reading: accuracy of the map at the digits' known positions (where a window covers
+  exactly one digit), against the model on the digits alone (for a VALID trunk that is
+  the same computation, so they must agree; the SAME twin shows the border effect). The
+  positions are given, not found: locating digits on a canvas is another task;
 * time: the converted model vs the batched sliding window on the same canvases, in one
   run, at stride = jump and at stride 1, beside the FLOP ratio from the analysis tables;
 
@@ -218,9 +220,10 @@ def markdown(settings: dict, models: list[dict]) -> str:
         lines.append(f"Logits are of order {scale:.0f}. Differences against the sliding "
                      f"window at stride = jump over every canvas, at stride 1 over the "
                      f"first {settings['timing_canvases']} of each kind; at the digits: the "
-                     f"stride-1 map where a window covers exactly one digit, against the "
-                     f"model on that digit alone. Same class: the share of positions where "
-                     f"both give the same class.")
+                     f"stride-1 map at the digits' known positions (a window covers exactly "
+                     f"one digit), against the model on that digit alone. Same class: the "
+                     f"share of positions where both give the same class. Read from the "
+                     f"map: accuracy of the map's class at the known positions.")
         lines.append("")
         timed = [(k, s, t) for k, c in m["canvases"].items()
                  for s, t in c.get("timing", {}).items()]

@@ -187,6 +187,54 @@ def test_same_trunk_converts_and_differs_near_the_window_borders(rng):
     assert float(jnp.max(jnp.abs(z - slide))) > 1e-3
 
 
+class Patchify(nn.Module):
+    """SAME convs whose kernel does not exceed their stride read no padding at the
+    training size, but would pad (and shift) on sizes of another remainder."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = jax.nn.relu(Lyr.Conv(4, (4, 4), strides=4, padding="SAME")(x))
+        x = jax.nn.relu(Lyr.Conv(6, (2, 2), strides=2, padding="SAME")(x))
+        return Lyr.Dense(3)(Lyr.Flatten()(x))
+
+
+class SharedHead(nn.Module):
+    """One head dense layer called twice (shared weights)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = Lyr.Flatten()(jax.nn.relu(Lyr.Conv(6, (3, 3), padding="VALID")(x)))
+        d = Lyr.Dense(6)
+        return d(jax.nn.relu(d(x)))
+
+
+class InlineMean(nn.Module):
+    """A trunk that subtracts its mean over the positions: right at the training size,
+    not on a canvas."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = jax.nn.relu(Lyr.Conv(4, (3, 3), padding="VALID")(x))
+        x = x - x.mean(axis=(1, 2), keepdims=True)
+        return Lyr.Dense(3)(Lyr.Flatten()(x))
+
+
+@pytest.mark.parametrize("model, shape, sizes", [
+    (Patchify(), (32, 32, 1), [(35, 45), (41, 38)]),
+    (SharedHead(), (3, 3, 1), [(7, 5)]),
+])
+def test_same_padding_that_reads_nothing_and_shared_head_layers(model, shape, sizes, rng):
+    variables = _init(model, shape)
+    fcn, fv = FC.to_fully_convolutional(model, variables, shape)
+    assert fcn.exact
+    for size in sizes:
+        x = jnp.asarray(rng.normal(size=(2, *size, shape[-1])), jnp.float32)
+        slide = FC.sliding_window_predict(model, variables, x, 1, input_shape=shape)
+        np.testing.assert_allclose(jax.jit(fcn.apply)(fv, x),
+                                   slide[:, ::fcn.jump[0], ::fcn.jump[1]], atol=TOL, rtol=0)
+        np.testing.assert_allclose(FC.shift_and_stitch(fcn, fv, x), slide, atol=TOL, rtol=0)
+
+
 class GlobalThenDense(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -231,6 +279,9 @@ def test_models_it_cannot_convert_are_refused_with_the_reason():
         convert(GlobalThenDense())
     with pytest.raises(ValueError, match=r"does not reproduce the original's outputs"):
         convert(InlineScale())
+    with pytest.raises(ValueError, match=r"differs from the windows it replaces.*mixes|"
+                                         r"whole image"):
+        convert(InlineMean(), input_shape=(8, 8, 1))
     with pytest.raises(ValueError, match=r"cannot read the model's layers.*flax.linen"):
         convert(FlaxDenseHead())
     with pytest.raises(ValueError, match=r"upsamples"):
