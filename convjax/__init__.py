@@ -6,13 +6,15 @@ Activations are NWC / NHWC / NDHWC and kernels WIO / HWIO / DHWIO (see
 
 Modules, in import order (each imports only those before it):
 ``layout`` -> ``functional`` -> ``init`` -> ``reference`` -> ``analysis`` -> ``layers``
--> ``models`` -> ``fcn`` -> ``data``. ``convjax.fcn.to_fully_convolutional`` turns a
-trained model's ``flatten -> dense`` head into convolutions (any input size).
+-> ``models`` -> ``fcn`` -> ``probe`` -> ``data``. ``convjax.fcn.to_fully_convolutional``
+turns a trained model's ``flatten -> dense`` head into convolutions (any input size);
+``convjax.probe`` measures what a layer keeps (variance, reconstruction, linear probes).
 Activations are ``jax.nn``'s (``jax.nn.relu``...). ``python -m convjax.explain`` prints
 the exact table of a conv stack (:mod:`convjax.analysis`).
 """
 
-from convjax import analysis, data, fcn, functional, init, layers, layout, models, reference
+from convjax import (analysis, data, fcn, functional, init, layers, layout, models, probe,
+                     reference)
 from convjax.functional import (avg_pool, batch_norm, conv, conv_transpose, dense,
                                 depthwise_conv, dropout, flatten, global_avg_pool,
                                 global_max_pool, max_pool, pointwise, separable_conv)
@@ -20,6 +22,6 @@ from convjax.functional import (avg_pool, batch_norm, conv, conv_transpose, dens
 __version__ = "0.1.0"
 
 __all__ = ["layout", "functional", "init", "reference", "analysis", "layers", "models", "fcn",
-           "data",
+           "probe", "data",
            "conv", "pointwise", "conv_transpose", "depthwise_conv", "separable_conv", "dense", "flatten", "dropout", "batch_norm",
            "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "__version__"]

@@ -265,7 +265,7 @@ def plot(path: str, rows: list[dict], summary: dict) -> None:
     ax.set_xlim(0, c + 0.5)
     ax.set_ylim(0, 101)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("What the 1x1 reduction's span holds of the 32 maps' variance", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

@@ -356,6 +356,49 @@ def test_bottleneck_script_end_to_end(bottleneck_run):
     assert "epoch 1/1" in p.stderr and "images/s" in p.stderr and "ETA" in p.stderr
 
 
+def test_bottleneck_probe_reuses_the_trained_networks(bottleneck_run, tmp_path):
+    """The probe script on the bottleneck script's networks (copied: nothing is trained
+    again, the settings match), with small samples."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(bottleneck_run[0], exp)
+    rows_before = (exp / "results.jsonl").read_text()
+    out = tmp_path / "probe"
+    p = _script("bottleneck_probe", out, f"--experiment_dir={exp}",
+                "--probe_train_examples=500", "--probe_test_examples=500",
+                "--pixel_images=100")
+    assert (exp / "results.jsonl").read_text() == rows_before  # reused, not retrained
+    assert "already in" in p.stderr
+    doc = json.loads((out / "results.json").read_text())
+    rows = doc["rows"]
+    assert [(r["config"], r["seed"], r["layer"], r["c"], r["r"]) for r in rows] == [
+        ("bottleneck-r8-k3-w32.64", s, "Conv_3", 32, 8) for s in (0, 1)]
+    saved = {(r["config_id"], r["seed"]): r["test_accuracy"]
+             for r in E.read_results(str(exp))}
+    for r in rows:
+        curve = r["pca_curve"]
+        assert len(curve) == 32 and curve[-1] == pytest.approx(1.0)
+        assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:]))
+        # no r-dimensional subspace holds more than the best one
+        assert r["var_learned"] <= r["var_pca"] + 1e-9
+        assert r["var_random"] <= r["var_pca"] + 1e-9
+        assert r["var_pca"] == pytest.approx(curve[7])
+        for k in ("r2_learned", "r2_random", "r2_pca", "probe_32", "probe_learned",
+                  "probe_random"):
+            assert 0 < r[k] <= 1, k
+        assert r["network"] == saved[(r["config"], r["seed"])]
+        assert r["pixels"] == 100 * 14 * 14  # 100 images (R^2: fit on 50, scored on 50)
+        assert r["probe_train_images"] == r["probe_test_images"] == 500
+    summary = doc["summary"]["bottleneck-r8-k3-w32.64"]
+    assert summary["var_pca"]["n"] == 2
+    assert summary["var_pca"]["mean"] == pytest.approx(sum(r["var_pca"] for r in rows) / 2)
+    assert len(doc["summary"]["reference"]["pca_curves"]) == 2
+    text = (out / "summary.md").read_text()
+    assert "| bottleneck-r8-k3-w32.64 | 8 |" in text and "Reference: the 32 maps" in text
+    assert (out / "variance_captured.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @needs_mnist
 @pytest.mark.parametrize("name", ["kernel_sizes", "filter_counts"])
 def test_other_scripts_end_to_end(tmp_path, name):
