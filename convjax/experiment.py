@@ -54,6 +54,7 @@ from convjax import train as T
 from convjax.checkpoint import quiet_orbax
 
 __all__ = ["Experiment", "Pair", "run", "read_results", "load_variables", "summarize",
+           "save_figure",
            "ROW_KEYS", "TRAIN_KEYS"]
 
 #: The keys of every row of ``results.jsonl``, in order. Accuracies are fractions;
@@ -681,7 +682,8 @@ def _csv(configs: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure to ``path`` as PNG, atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     T.atomic_write(path, buf.getvalue())
@@ -706,7 +708,7 @@ def _plots(experiment: Experiment, configs: list[dict], output_dir: str) -> None
         ax.set_ylabel("test accuracy % (mean over seeds, 95% CI)")
         ax.set_title(f"{experiment.title}: accuracy vs {label}", fontsize=10)
         ax.grid(True, alpha=0.3)
-        _save_figure(fig, os.path.join(output_dir, f"accuracy_vs_{name}.png"))
+        save_figure(fig, os.path.join(output_dir, f"accuracy_vs_{name}.png"))
 
     fig = Figure(figsize=(12, 5))
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -728,4 +730,4 @@ def _plots(experiment: Experiment, configs: list[dict], output_dir: str) -> None
         ax.grid(True, alpha=0.3)
     acc_ax.legend(fontsize=7)
     fig.suptitle(f"{experiment.title}: learning curves", fontsize=11)
-    _save_figure(fig, os.path.join(output_dir, "learning_curves.png"))
+    save_figure(fig, os.path.join(output_dir, "learning_curves.png"))

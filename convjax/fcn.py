@@ -305,15 +305,11 @@ def _check_same(model, variables, fcn, fcn_variables, shape, who) -> None:
         raise ValueError(f"{who}: at the training size the converted model gives "
                          f"{z.shape[1]} positions of {z.shape[-1]} outputs, not one of "
                          f"{y.shape[-1]}: the head does not end in the dense layers")
-    diff = float(np.max(np.abs(y - z[:, 0])))
-    tol = 1e-4 * (1.0 + float(np.max(np.abs(y))))
-    if not diff <= tol:
-        raise ValueError(
-            f"{who}: the converted model does not reproduce the original's outputs at "
-            f"input_shape {shape} (max abs difference {diff:.3g} > {tol:.3g}): the head "
-            f"computes something the conversion cannot see (an inline reshape, a layer that "
-            f"is not a convjax.layers module, or a value that mixes positions); pass "
-            f"check=False to skip this check")
+    _within_round_off(y, z[:, 0], lambda d: (
+        f"{who}: the converted model does not reproduce the original's outputs at "
+        f"input_shape {shape} ({d}): the head computes something the conversion cannot "
+        f"see (an inline reshape, a layer that is not a convjax.layers module, or a value "
+        f"that mixes positions); pass check=False to skip this check"))
     if not fcn.exact:
         return  # a SAME trunk differs from the windows on a larger input by design
     big = (*(i + j for i, j in zip(shape[:-1], fcn.jump)), shape[-1])  # 2 windows per axis
@@ -321,15 +317,20 @@ def _check_same(model, variables, fcn, fcn_variables, shape, who) -> None:
     z = np.asarray(jax.jit(fcn.apply)(fcn_variables, x), np.float64)
     y = np.asarray(sliding_window_predict(model, variables, x, fcn.jump, input_shape=shape),
                    np.float64)
-    diff = float(np.max(np.abs(y - z)))
-    tol = 1e-4 * (1.0 + float(np.max(np.abs(y))))
+    _within_round_off(y, z, lambda d: (
+        f"{who}: on a {list(big)} input the converted model's map differs from the windows "
+        f"it replaces ({d}), although no layer reads padding: the model computes something "
+        f"over the whole image that the conversion cannot see (e.g. an inline mean over "
+        f"positions); pass check=False to skip this check"))
+
+
+def _within_round_off(want: np.ndarray, got: np.ndarray, message) -> None:
+    """Raise ``ValueError(message(...))`` unless ``got`` equals ``want`` within float32
+    round-off (1e-4 of the logits' scale)."""
+    diff = float(np.max(np.abs(want - got)))
+    tol = 1e-4 * (1.0 + float(np.max(np.abs(want))))
     if not diff <= tol:
-        raise ValueError(
-            f"{who}: on a {list(big)} input the converted model's map differs from the "
-            f"windows it replaces (max abs difference {diff:.3g} > {tol:.3g}), although no "
-            f"layer reads padding: the model computes something over the whole image that "
-            f"the conversion cannot see (e.g. an inline mean over positions); pass "
-            f"check=False to skip this check")
+        raise ValueError(message(f"max abs difference {diff:.3g} > {tol:.3g}"))
 
 
 def output_positions(fcn_model: FullyConvolutional, spatial: Sequence[int],

@@ -105,12 +105,31 @@ def flag_value(specs: dict[str, tuple[Any, Any, str, dict]], flag: str) -> Any:
     return FLAGS[flag].value if FLAGS[flag].present else specs[flag][1]
 
 
+def settings(specs: dict[str, tuple[Any, Any, str, dict]], quick: dict[str, Any]):
+    """``(value, setting, quick_dir)`` for a script whose ``--quick`` sets ``quick``:
+    ``value(flag)`` is :func:`flag_value`; ``setting(flag)`` is ``quick``'s value under
+    ``--quick`` unless the flag is given; ``quick_dir(flag)`` appends ``-quick`` to a
+    directory flag's default under ``--quick``."""
+    value = functools.partial(flag_value, specs)
+    on = value("quick")
+
+    def setting(flag):
+        if on and flag in quick and not FLAGS[flag].present:
+            return quick[flag]
+        return value(flag)
+
+    def quick_dir(flag):
+        return value(flag) + ("-quick" if on and not FLAGS[flag].present else "")
+
+    return value, setting, quick_dir
+
+
 def main(argv, experiment, defaults: Defaults) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     specs = _specs(experiment.name, defaults)
-
-    value = functools.partial(flag_value, specs)
+    value, setting, quick_dir = settings(specs, {**QUICK,
+                                                 "configs": list(defaults.quick_configs)})
 
     from convjax import train as T  # after flag parsing: XLA flags before jax starts
 
@@ -125,16 +144,8 @@ def main(argv, experiment, defaults: Defaults) -> int:
         for p in experiment.pairs:
             print(f"pair: {p.a} vs {p.b} ({p.question})")
         return 0
-    configs, train_examples = value("configs"), value("train_examples")
-    epochs, output_dir = value("epochs"), value("output_dir")
-    if value("quick"):
-        configs = configs or list(defaults.quick_configs)
-        if not FLAGS["train_examples"].present:
-            train_examples = QUICK["train_examples"]
-        if not FLAGS["epochs"].present:
-            epochs = QUICK["epochs"]
-        if not FLAGS["output_dir"].present:
-            output_dir += "-quick"
+    configs, train_examples = setting("configs"), setting("train_examples")
+    epochs, output_dir = setting("epochs"), quick_dir("output_dir")
     try:
         first = experiment.select(configs).configs[0]  # unknown ids: a usage error
         config = T.TrainConfig(

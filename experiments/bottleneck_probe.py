@@ -27,8 +27,6 @@ otherwise); ``--quick``: one config, two seeds, small samples.
 
 from __future__ import annotations
 
-import functools
-import io
 import os
 import time
 from typing import Any
@@ -237,7 +235,7 @@ def plot(path: str, rows: list[dict], summary: dict) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from convjax.train import atomic_write
+    from convjax.experiment import save_figure
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -267,26 +265,14 @@ def plot(path: str, rows: list[dict], summary: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("What the 1x1 reduction's span holds of the 32 maps' variance", fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    value = functools.partial(_sweep.flag_value, SPECS)
-    quick = value("quick")
-
-    def setting(flag):
-        if quick and flag in QUICK and not FLAGS[flag].present:
-            return QUICK[flag]
-        return value(flag)
-
-    suffix = "-quick" if quick else ""
-    experiment_dir = value("experiment_dir") + (suffix if not FLAGS["experiment_dir"].present
-                                                else "")
-    output_dir = value("output_dir") + (suffix if not FLAGS["output_dir"].present else "")
+    value, setting, quick_dir = _sweep.settings(SPECS, QUICK)
+    experiment_dir, output_dir = quick_dir("experiment_dir"), quick_dir("output_dir")
     for flag in ("probe_train_examples", "probe_test_examples", "pixel_images"):
         if setting(flag) < 2:
             raise app.UsageError(f"--{flag} must be >= 2, got {setting(flag)}")

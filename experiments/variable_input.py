@@ -26,8 +26,6 @@ minutes on a 2-core CPU; ``--quick`` is a one-minute smoke run.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import os
 import statistics
 import time
@@ -250,7 +248,7 @@ def plot(path: str, canvases: dict, result: dict) -> None:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from convjax.train import atomic_write
+    from convjax.experiment import save_figure
 
     fig = Figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2, gridspec_kw={"height_ratios": [1, 2.2]})
@@ -309,9 +307,7 @@ def plot(path: str, canvases: dict, result: dict) -> None:
     fig.suptitle(f"{result['model']} trained on 28x28 digits, made fully convolutional "
                  f"(bold: the prediction at each digit's position; green = right)",
                  fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _softmax(logits):
@@ -324,16 +320,8 @@ def _softmax(logits):
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    value = functools.partial(_sweep.flag_value, SPECS)
-    quick = value("quick")
-
-    def setting(flag):
-        if quick and flag in QUICK and not FLAGS[flag].present:
-            return QUICK[flag]
-        return value(flag)
-
-    output_dir = value("output_dir") + ("-quick" if quick and not FLAGS["output_dir"].present
-                                        else "")
+    value, setting, quick_dir = _sweep.settings(SPECS, QUICK)
+    output_dir = quick_dir("output_dir")
     for flag in ("canvases", "timing_canvases", "repeats"):
         if setting(flag) < 1:
             raise app.UsageError(f"--{flag} must be >= 1, got {setting(flag)}")
