@@ -70,7 +70,8 @@ class FullyConvolutional(nn.Module):
     It runs on the part of ``x`` that whole windows cover (``(count - 1) * jump +
     input`` per axis), so that SAME layers pad as they did at the training size.
     Called as every model: ``apply(variables, x)`` is inference; ``train=True`` is passed
-    on to the wrapped model (dropout per position).
+    on to the wrapped model (dropout per position; a batch norm in the head then takes its
+    statistics over the positions as well as the batch).
 
     ``x: [N, *spatial, C]``, each spatial size at least the training size; returns
     ``[N, *spatial', num_classes]`` with ``spatial' = (spatial - input) // jump + 1``,
@@ -365,7 +366,8 @@ def shift_and_stitch(fcn_model: FullyConvolutional, fcn_variables: Mapping[str, 
 
     The input is zero-padded at the far end (by less than ``jump``) so that every shift
     gives a map of one size; the padded positions fall only in windows past the input,
-    which are cropped away.
+    which are cropped away. Memory: the shifted copies run as one batch, ``prod(jump)``
+    times the input (16x for a jump of 4).
     """
     if not isinstance(fcn_model, FullyConvolutional):
         raise TypeError(f"shift_and_stitch: fcn_model must be a FullyConvolutional (from "
