@@ -114,13 +114,15 @@ def ridge_r2(x_fit: Any, y_fit: Any, x_eval: Any, y_eval: Any, *,
 
 
 def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
-                 num_classes: int | None = None, steps: int = 500, l2: float = 1e-4,
+                 num_classes: int | None = None, steps: int = 2000, l2: float = 1e-5,
                  learning_rate: float = 0.05) -> float:
     """Test accuracy of a multinomial logistic regression on fixed features.
 
     The features ``[N, D]`` are standardized with the training set's mean and standard
     deviation; the weights are fit by full-batch Adam for ``steps`` steps (one jitted
-    ``lax.scan``, deterministic) on the mean cross-entropy plus ``l2 * |W|^2``.
+    ``lax.scan``, deterministic) on the mean cross-entropy plus ``l2 * |W|^2``. The
+    defaults converge on MNIST's pooled 32-channel features (6,000 steps change the test
+    accuracy by at most 0.15 points; 500 steps were up to 1 point short).
     """
     who = "linear_probe"
     xtr, xte = _matrix(train_x, "train_x", who), _matrix(test_x, "test_x", who)
