@@ -20,9 +20,10 @@ It reuses the bottleneck experiment's saved params in ``--experiment_dir`` (defa
 ``runs/bottleneck``, where ``python -m experiments.bottleneck`` writes them) and trains,
 with that experiment's settings, any (config, seed) that is missing. It writes
 ``results.json`` (every number per seed), ``summary.md`` (per seed and mean ± 95% CI over
-seeds) and ``variance_captured.png`` to ``--output_dir``. Defaults: 4 configs x 5 seeds,
-about 2 minutes on a 2-core CPU when the experiment has run (plus 4 minutes to train
-otherwise); ``--quick``: one config, two seeds, small samples.
+seeds) and ``variance_captured.png`` to ``--output_dir``. Defaults: 4 configs x 5 seeds
+(and the plain network's 5 for the reference), about 2 minutes on a 2-core CPU when the
+experiment has run (plus about 4 minutes to train otherwise); ``--quick``: one config,
+two seeds, small samples.
 """
 
 from __future__ import annotations

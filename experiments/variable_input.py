@@ -19,8 +19,8 @@ digits: 28x140 strips of 5 and 84x84 grids of 9. It reports
 
 and writes ``results.json``, ``summary.md`` and ``canvas.png`` (a strip and a grid with
 the per-position predictions over them) to ``--output_dir`` (the training run's files go
-to ``<output_dir>/train``). Defaults: 1 epoch of all 60,000 training images, about 5
-minutes on a 2-core CPU; ``--quick`` is a one-minute smoke run.
+to ``<output_dir>/train``). Defaults: 1 epoch of all 60,000 training images, about 90
+seconds on a 2-core CPU; ``--quick`` is a smoke run of about 30 seconds.
 """
 
 from __future__ import annotations
