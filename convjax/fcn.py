@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from convjax import layers as Lyr
+from convjax.analysis import core
 from convjax.analysis import specs as S
 from convjax.analysis.model import analyze_model, replaced_call
 from convjax.analysis.sizes import split_head
@@ -268,17 +269,15 @@ def to_fully_convolutional(model: nn.Module, variables: Mapping[str, Any],
 
 
 def _shape(input_shape: Any, who: str) -> tuple[int, ...]:
+    """The analysis's input_shape check, plus a spatial axis (a window needs one)."""
     try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = None
-    if (shape is None or not 2 <= len(shape) <= 4
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-                       for v in shape)):
-        raise ValueError(f"{who}: input_shape must be the training input without the batch "
-                         f"axis, (H, W, C) for NHWC (or (W, C), (D, H, W, C)), positive "
-                         f"ints; got {input_shape!r}")
-    return tuple(int(v) for v in shape)
+        shape = core._check_shape(input_shape)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{who}: {e}") from None
+    if len(shape) < 2:
+        raise ValueError(f"{who}: input_shape must have a spatial axis, (W, C), (H, W, C) "
+                         f"or (D, H, W, C); got {input_shape!r}")
+    return shape
 
 
 def _copy_tree(tree: Any) -> Any:

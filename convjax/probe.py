@@ -162,28 +162,31 @@ def _fit(x, y, k, steps, l2, learning_rate):
 
 
 def layer_io(model: nn.Module, variables: Mapping[str, Any], images: Any, path: str, *,
-             batch_size: int = 1000,
-             reduce: Callable[[jax.Array, jax.Array], Any] | None = None) -> Any:
+             batch_size: int = 1000, reduce: Callable[..., Any] | None = None,
+             reduce_args: tuple = ()) -> Any:
     """The input and output of the layer at module ``path`` when ``model`` (inference)
     runs on ``images: [N, H, W, C]`` (uint8 pixels are scaled to [0, 1]).
 
     Returns ``(inputs, outputs)`` stacked over batches of ``batch_size``, or, with
-    ``reduce``, ``reduce(inputs, outputs)`` of each batch concatenated on axis 0 (so that
-    large activations can be pooled on the device). Raises ``ValueError`` if the model
-    never calls a layer at ``path``.
+    ``reduce``, ``reduce(inputs, outputs, *reduce_args)`` of each batch concatenated on
+    axis 0 (so that large activations can be pooled on the device). The jitted function
+    is cached per ``(model, path, reduce)``: pass arrays that change between calls as
+    ``reduce_args``, not in a closure, and it compiles once. Raises ``ValueError`` if the
+    model never calls a layer at ``path``.
     """
     images = jnp.asarray(images)
     if images.ndim < 3:
         raise ValueError(f"layer_io: images must be [N, *spatial, C], got shape "
                          f"{list(images.shape)}")
     fn = _layer_io_fn(model, path, reduce)
-    parts = [fn(variables, images[i:i + batch_size])
+    parts = [fn(variables, images[i:i + batch_size], tuple(reduce_args))
              for i in range(0, len(images), batch_size)]
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
 
 
+@functools.lru_cache(maxsize=32)
 def _layer_io_fn(model, path, reduce):
-    def run(variables, x):
+    def run(variables, x, reduce_args):
         x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
         seen = []
 
@@ -198,6 +201,6 @@ def _layer_io_fn(model, path, reduce):
             model.apply(variables, x)
         if not seen:
             raise ValueError(f"layer_io: the model calls no layer at path {path!r}")
-        return reduce(*seen[0]) if reduce is not None else seen[0]
+        return reduce(*seen[0], *reduce_args) if reduce is not None else seen[0]
 
     return jax.jit(run)

@@ -94,9 +94,7 @@ def reduction_path(model, config) -> str:
     from convjax.analysis import specs as S
 
     c, r = config.scaled(config.widths[0]), config.scaled(config.reduce)
-    rows = analyze_model(model, (28, 28, 1)).rows
-    pools = [i for i, row in enumerate(rows) if isinstance(row.spec, S.Pool)]
-    for row in rows[pools[0] + 1 if pools else len(rows):]:
+    for row in _after_first_pool(analyze_model(model, (28, 28, 1)).rows):
         if (isinstance(row.spec, S.Conv) and all(k == 1 for k in row.spec.kernel_size)
                 and row.input_shape[-1] == c and row.output_shape[-1] == r):
             return row.path
@@ -104,10 +102,28 @@ def reduction_path(model, config) -> str:
                      f"{config.id}")
 
 
+def _pooled(x, y, w_rand):
+    """Globally average-pooled features of one batch: the layer's input ``x: [B, H, W,
+    C]``, its output after the ReLU (``y: [B, H, W, r]``) and the random 1x1's."""
+    import jax
+    import jax.numpy as jnp
+
+    rand = jax.nn.relu(jnp.einsum("bhwc,cr->bhwr", x, w_rand))
+    return {"x": x.mean((1, 2)), "learned": jax.nn.relu(y).mean((1, 2)),
+            "random": rand.mean((1, 2))}
+
+
+def _after_first_pool(rows):
+    """The analysis rows after the first pooling layer (the second stage on)."""
+    from convjax.analysis import specs as S
+
+    pools = [i for i, row in enumerate(rows) if isinstance(row.spec, S.Pool)]
+    return rows[pools[0] + 1:] if pools else ()
+
+
 def probe_one(model, variables, path: str, train, test, pixel_images: int,
               random_key) -> dict:
     """The numbers of one trained network (see the module docstring)."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -118,15 +134,11 @@ def probe_one(model, variables, path: str, train, test, pixel_images: int,
     c, r = kernel.shape[-2:]
     w = kernel.reshape(c, r)
     w_rand = np.asarray(I.lecun_normal(random_key, (1, 1, c, r))).reshape(c, r)
-    wr = jnp.asarray(w_rand)
-
-    def pooled(x, y):  # x: [B, H, W, C] the layer's input, y: [B, H, W, r] its output
-        rand = jax.nn.relu(jnp.einsum("bhwc,cr->bhwr", x, wr))
-        return {"x": x.mean((1, 2)), "learned": jax.nn.relu(y).mean((1, 2)),
-                "random": rand.mean((1, 2))}
-
-    f_train = P.layer_io(model, variables, train.images, path, reduce=pooled)
-    f_test = P.layer_io(model, variables, test.images, path, reduce=pooled)
+    wr = (jnp.asarray(w_rand),)
+    f_train = P.layer_io(model, variables, train.images, path, reduce=_pooled,
+                         reduce_args=wr)
+    f_test = P.layer_io(model, variables, test.images, path, reduce=_pooled,
+                        reduce_args=wr)
     ytr, yte = np.asarray(train.labels), np.asarray(test.labels)
     probes = {f"probe_{k}": P.linear_probe(f_train[src], ytr, f_test[src], yte,
                                            num_classes=10)
@@ -166,9 +178,8 @@ def reference_curve(model, variables, test, pixel_images: int) -> list[float]:
     from convjax.analysis import analyze_model
     from convjax.analysis import specs as S
 
-    rows = analyze_model(model, (28, 28, 1)).rows
-    pool = next(i for i, row in enumerate(rows) if isinstance(row.spec, S.Pool))
-    path = next(row.path for row in rows[pool + 1:] if isinstance(row.spec, S.Conv))
+    path = next(row.path for row in _after_first_pool(analyze_model(model, (28, 28, 1)).rows)
+                if isinstance(row.spec, S.Conv))
     x, _ = P.layer_io(model, variables, test.images[:pixel_images], path)
     x = np.asarray(x, np.float64)
     return P.pca_fractions(x.reshape(-1, x.shape[-1])).tolist()

@@ -126,22 +126,25 @@ def evaluate(model_id: str, model, variables, canvases: dict, timing: int, repea
                            "convert_s": time.perf_counter() - t0, "canvases": {}}
     fcn_apply = jax.jit(fcn.apply)
     model_apply = jax.jit(model.apply)
+    examples = {}  # the first canvas of each kind with its maps, for the plot
     for kind, (x, labels, _) in canvases.items():
         n, rows, cols = labels.shape
         xs = jnp.asarray(x)
         one_pass = fcn_apply(fcn_vars, xs)
         slide = FC.sliding_window_predict(model, variables, xs, fcn.jump, input_shape=shape)
+        dense = FC.shift_and_stitch(fcn, fcn_vars, xs)  # stride 1, every canvas
         xt = xs[:timing]
-        stitched = FC.shift_and_stitch(fcn, fcn_vars, xt)
+        stitched = dense[:timing]
         slide1 = FC.sliding_window_predict(model, variables, xt, 1, input_shape=shape)
         digits = xs.reshape(n, rows, DIGIT, cols, DIGIT, 1).transpose(0, 1, 3, 2, 4, 5)
         alone_logits = np.asarray(model_apply(variables, digits.reshape(-1, *shape)))
         alone = alone_logits.argmax(-1)
         r = np.arange(rows) * DIGIT
         c = np.arange(cols) * DIGIT
-        dense = np.asarray(FC.shift_and_stitch(fcn, fcn_vars, xs))
-        at_logits = dense[:, r][:, :, c].reshape(alone_logits.shape)  # map at the digits
+        at_logits = np.asarray(dense)[:, r][:, :, c].reshape(alone_logits.shape)  # digits
         at = at_logits.argmax(-1)
+        examples[kind] = {"one_pass": np.asarray(one_pass[0]),
+                          "stride1": np.asarray(dense[0])}
         res = {
             "canvas": list(x.shape[1:3]), "count": n, "digits": int(labels.size),
             "one_pass_map": list(one_pass.shape[1:3]), "stride1_map": list(stitched.shape[1:3]),
@@ -179,10 +182,7 @@ def evaluate(model_id: str, model, variables, canvases: dict, timing: int, repea
                     "sliding_flops": flops["sliding_flops"],
                     "time_over_flop_ratio": ratio / flops["ratio"]}
         out["canvases"][kind] = res
-    out["example"] = {kind: {"one_pass": np.asarray(fcn_apply(fcn_vars, jnp.asarray(x[:1])))[0],
-                             "stride1": np.asarray(FC.shift_and_stitch(
-                                 fcn, fcn_vars, jnp.asarray(x[:1])))[0]}
-                      for kind, (x, _, _) in canvases.items()}
+    out["example"] = examples
     return out
 
 
