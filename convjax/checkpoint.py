@@ -93,9 +93,11 @@ class Checkpoints:
             restored = self._manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
-        if meta["config"] != self.config:
-            diff = {k: (meta["config"].get(k), v) for k, v in self.config.items()
-                    if meta["config"].get(k) != v}
+        from convjax.train import ADDED_FIELDS
+        saved = {**ADDED_FIELDS, **meta["config"]}  # written before a field existed
+        if saved != self.config:
+            diff = {k: (saved.get(k), v) for k, v in self.config.items()
+                    if saved.get(k) != v}
             raise ValueError(
                 f"resume: the checkpoint in {self.directory} (epoch {epoch}) was written "
                 f"with another config; differing fields (checkpoint, now): {diff}. Use "

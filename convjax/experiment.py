@@ -75,7 +75,7 @@ ROW_KEYS = ("config_id", "config", "seed", "experiment", "train", "test_accuracy
 #: The training settings that must agree between rows that are summarized together.
 TRAIN_KEYS = ("dataset", "epochs", "batch_size", "optimizer", "learning_rate", "momentum",
               "weight_decay", "schedule", "warmup_epochs", "validation_size",
-              "train_examples")
+              "train_examples", "compute_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +167,8 @@ def read_results(output_dir: str) -> list[dict]:
             if key in seen:
                 raise ValueError(f"results: {key} appears twice in {path} (line {n})")
             seen.add(key)
+            for k, v in T.ADDED_FIELDS.items():  # rows written before the field existed
+                row["train"].setdefault(k, v)
             rows.append(row)
     return rows
 

@@ -19,6 +19,8 @@ epochs (chosen on a validation split).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,14 +42,20 @@ from convjax import models as M
 __all__ = ["TrainConfig", "TrainState", "make_schedule", "make_optimizer", "create_state",
            "seed_keys", "epoch_order", "train_epoch_fn", "make_train_epoch", "evaluate_fn",
            "make_evaluate", "over_seeds", "SEED_STRATEGIES", "train_and_evaluate", "RunResult",
-           "OPTIMIZERS", "SCHEDULES", "YNN_FLAG", "default_xla_flags", "write_json",
-           "atomic_write"]
+           "OPTIMIZERS", "SCHEDULES", "COMPUTE_DTYPES", "ADDED_FIELDS", "YNN_FLAG", "default_xla_flags",
+           "write_json", "atomic_write", "count_compilations"]
 
 #: Points of each epoch's training-loss curve in the metrics (means of equal runs of steps).
 CURVE_POINTS = 20
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
+#: ``TrainConfig.compute_dtype`` values: float32, or bfloat16 (TPU-native mixed precision).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+#: :class:`TrainConfig` fields added after results and checkpoints were first written,
+#: with the value that files without them were trained with (read as such on resume).
+ADDED_FIELDS = {"compute_dtype": "float32"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,14 @@ class TrainConfig:
       eval_batch_size: evaluation batch (the last one is masked).
       train_examples: use only the first this many training images (0: all), for quick
         runs and smoke tests.
+      compute_dtype: ``float32``, or ``bfloat16`` for mixed precision: params, batch
+        statistics and optimizer state stay float32 (the master copy the optimizer
+        updates); each step casts the params and the images to bfloat16, so every conv,
+        matmul and activation runs in bfloat16 (accumulating in float32, see
+        :mod:`convjax.functional`), and the logits go back to float32 for the loss.
+        Gradients reach the float32 params through the cast. Evaluation computes the
+        same way. bfloat16 is what TPU matrix units run natively; on CPU it is emulated
+        and slower than float32.
     """
 
     model: str = "flax-example"
@@ -95,6 +111,7 @@ class TrainConfig:
     validation_size: int = 0
     eval_batch_size: int = 1000
     train_examples: int = 0
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         checks = [
@@ -115,6 +132,8 @@ class TrainConfig:
              "eval_batch_size must be an int >= 1"),
             (isinstance(self.train_examples, int) and self.train_examples >= 0,
              "train_examples must be an int >= 0"),
+            (self.compute_dtype in COMPUTE_DTYPES,
+             f"compute_dtype must be one of {COMPUTE_DTYPES}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -174,19 +193,33 @@ def _images(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
-def _apply(model, params, batch_stats, x, *, train: bool, key=None):
-    """``(logits, new_batch_stats)``."""
+def _compute_dtype(compute_dtype: Any) -> Any:
+    """None for float32 (nothing to cast), else the numpy dtype."""
+    if compute_dtype is None or jnp.dtype(compute_dtype) == jnp.float32:
+        return None
+    return jnp.dtype(compute_dtype)
+
+
+def _apply(model, params, batch_stats, x, *, train: bool, key=None, compute_dtype=None):
+    """``(float32 logits, new_batch_stats)``; with a ``compute_dtype`` the model runs on
+    a copy of ``params`` and ``x`` cast to it (batch statistics stay float32)."""
+    dtype = _compute_dtype(compute_dtype)
+    if dtype is not None:
+        params = jax.tree.map(
+            lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+            params)
+        x = x.astype(dtype)
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
     if not train:
-        return model.apply(variables, x), batch_stats
+        return model.apply(variables, x).astype(jnp.float32), batch_stats
     rngs = {"dropout": key}
     if batch_stats:
         logits, updates = model.apply(variables, x, train=True, rngs=rngs,
                                       mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return model.apply(variables, x, train=True, rngs=rngs), batch_stats
+        return logits.astype(jnp.float32), updates["batch_stats"]
+    return model.apply(variables, x, train=True, rngs=rngs).astype(jnp.float32), batch_stats
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -245,7 +278,7 @@ def over_seeds(fn: Callable, in_axes: tuple, strategy: str = "vmap") -> Callable
 def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
                    num_examples: int, batch_sharding: Any = None,
                    strategy: str = "auto", report: Callable | None = None,
-                   report_every: int = 0) -> Callable:
+                   report_every: int = 0, compute_dtype: Any = None) -> Callable:
     """The pure, un-jitted epoch of ``S`` seeds: ``epoch(state, keys, images, labels) ->
     (state, losses [S, steps], accuracies [S, steps])``. Every leaf of ``state`` and
     ``keys`` (one epoch key per seed, see :func:`seed_keys`) has a leading seed axis;
@@ -255,7 +288,9 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
     parallelism: split over a mesh axis), or None. ``strategy``: how the step maps over
     the seeds (:func:`over_seeds`). ``report``: called on the host as ``report(step,
     loss, accuracy)`` (that step's values, means over the seeds) after every
-    ``report_every`` steps, for progress within an epoch (one device only)."""
+    ``report_every`` steps, for progress within an epoch (one device only).
+    ``compute_dtype``: ``jnp.bfloat16`` for mixed precision (see
+    :attr:`TrainConfig.compute_dtype`); None or float32: everything in float32."""
     steps = num_examples // batch_size
     if report is not None and report_every < 1:
         raise ValueError(f"train: report_every must be >= 1 with a report callback, got "
@@ -272,7 +307,7 @@ def train_epoch_fn(model, tx: optax.GradientTransformation, batch_size: int,
 
         def loss_fn(params):
             logits, new_stats = _apply(model, params, state.batch_stats, x, train=True,
-                                       key=key)
+                                       key=key, compute_dtype=compute_dtype)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, new_stats)
 
@@ -323,11 +358,13 @@ def make_train_epoch(model, tx: optax.GradientTransformation, batch_size: int,
 
 
 def evaluate_fn(model, eval_batch_size: int, num_examples: int,
-                batch_sharding: Any = None, with_predictions: bool = False) -> Callable:
+                batch_sharding: Any = None, with_predictions: bool = False,
+                compute_dtype: Any = None) -> Callable:
     """The pure evaluation of one seed: ``evaluate(params, batch_stats, images, labels)
     -> (mean loss, accuracy)`` over fixed batches of ``eval_batch_size``, the last one
     masked, every image counted once. ``with_predictions``: also return the predicted
-    class of every image, ``[N]`` int32 (the argmax of the logits)."""
+    class of every image, ``[N]`` int32 (the argmax of the logits). ``compute_dtype``:
+    as :func:`train_epoch_fn`."""
     batches = -(-num_examples // eval_batch_size)
     idx = np.minimum(np.arange(batches * eval_batch_size), num_examples - 1)
     mask = (np.arange(batches * eval_batch_size) < num_examples).astype(np.float32)
@@ -339,7 +376,8 @@ def evaluate_fn(model, eval_batch_size: int, num_examples: int,
             x = _images(images[i])
             if batch_sharding is not None:
                 x = jax.lax.with_sharding_constraint(x, batch_sharding)
-            logits, _ = _apply(model, params, batch_stats, x, train=False)
+            logits, _ = _apply(model, params, batch_stats, x, train=False,
+                               compute_dtype=compute_dtype)
             y = labels[i]
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             classes = jnp.argmax(logits, -1).astype(jnp.int32)
@@ -360,6 +398,36 @@ def evaluate_fn(model, eval_batch_size: int, num_examples: int,
 def make_evaluate(model, eval_batch_size: int, num_examples: int) -> Callable:
     """:func:`evaluate_fn` of one seed, jitted."""
     return jax.jit(evaluate_fn(model, eval_batch_size, num_examples))
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Count the XLA compilations made while the block runs, by function name.
+
+    Yields a :class:`collections.Counter` (``{fun_name: compilations}``) that fills as
+    programs compile (JAX's ``/jax/core/compile/backend_compile_duration`` event: every
+    backend compilation, a persistent-cache hit included; a program found in the
+    in-memory cache of an earlier call is not compiled again and not counted). A run of
+    :func:`train_and_evaluate` compiles its epoch (``epoch_fn``) and each evaluation
+    once, however many epochs it trains (tested).
+
+    >>> with count_compilations() as compiled:
+    ...     _ = jax.jit(lambda x: x * 2)(jnp.ones(3))
+    >>> compiled["jit(<lambda>)"]
+    1
+    """
+    counts: collections.Counter = collections.Counter()
+    event = "/jax/core/compile/backend_compile_duration"
+
+    def listener(name, _duration, fun_name="?", **_):
+        if name == event:
+            counts[fun_name] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # --------------------------------------------------------------------------------------
@@ -555,7 +623,7 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     one_epoch = PL.per_device_seeds(
         train_epoch_fn(model, tx, config.batch_size, n, placement.batch, seed_strategy,
                        *_in_epoch_report(progress, placement, config, steps, len(seeds),
-                                        clock)),
+                                        clock), compute_dtype=config.compute_dtype),
         placement, n_shared=2, n_out=3)
 
     def epoch_fn(state, data_keys, epoch, images, labels):
@@ -574,7 +642,8 @@ def train_and_evaluate(config: TrainConfig, *, data_dir: str | None = None,
     for name, split in evals.items():
         fn = PL.per_device_seeds(
             over_seeds(evaluate_fn(model, config.eval_batch_size, len(split.labels),
-                                   placement.eval_batch, with_predictions=name == "test"),
+                                   placement.eval_batch, with_predictions=name == "test",
+                                   compute_dtype=config.compute_dtype),
                        (0, 0, None, None), seed_strategy),
             placement, n_shared=2, n_out=3 if name == "test" else 2)
         x = PL.put(np.asarray(split.images), placement.data)

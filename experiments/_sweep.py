@@ -72,6 +72,10 @@ def _specs(name: str, defaults: Defaults) -> dict[str, tuple[Any, Any, str, dict
                           "jax.vmap, or a loop in the same program (faster on CPU); auto: "
                           "loop on CPU, vmap elsewhere.",
                           {"enum_values": ["auto", "vmap", "loop"]}),
+        "compute_dtype": (flags.DEFINE_enum, "float32", "bfloat16: mixed precision "
+                          "(params and optimizer state float32, convs and matmuls in "
+                          "bfloat16), the TPU-native setting; emulated on CPU.",
+                          {"enum_values": ["float32", "bfloat16"]}),
         "xla_cpu_defaults": (flags.DEFINE_bool, True, "Add the XLA:CPU flag that speeds "
                              "training up (see experiments.train).", {}),
     }
@@ -152,7 +156,8 @@ def main(argv, experiment, defaults: Defaults) -> int:
             model=first, dataset=value("dataset"), epochs=epochs,
             batch_size=value("batch_size"), optimizer=value("optimizer"),
             learning_rate=value("learning_rate"), warmup_epochs=value("warmup_epochs"),
-            seed=value("seed"), seeds=value("seeds"), train_examples=train_examples)
+            seed=value("seed"), seeds=value("seeds"), train_examples=train_examples,
+            compute_dtype=value("compute_dtype"))
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     logging.info("%s on %s: %s", experiment.name, jax.devices(), config)

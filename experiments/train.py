@@ -62,6 +62,9 @@ flags.DEFINE_integer("train_examples", 0, "Use only the first N training images 
                      "for quick runs.")
 flags.DEFINE_string("output_dir", "runs/train", "Where metrics.json and metrics.jsonl go "
                     "(may exist; other files in it are not touched).")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                  "bfloat16: mixed precision (params and optimizer state float32, convs "
+                  "and matmuls in bfloat16): the TPU-native setting; emulated on CPU.")
 flags.DEFINE_bool("xla_cpu_defaults", True, "Add the XLA:CPU flag that speeds training up "
                   "(see the module docstring).")
 
@@ -92,7 +95,8 @@ def main(argv):
         learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
         weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,
         warmup_epochs=FLAGS.warmup_epochs, seed=FLAGS.seed, seeds=FLAGS.seeds,
-        validation_size=FLAGS.validation_size, train_examples=FLAGS.train_examples)
+        validation_size=FLAGS.validation_size, train_examples=FLAGS.train_examples,
+        compute_dtype=FLAGS.compute_dtype)
     logging.info("config %s on %s; XLA flag added: %s", config, jax.devices(), added)
     result = train.train_and_evaluate(
         config, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,

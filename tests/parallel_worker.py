@@ -27,21 +27,24 @@ def _stop_after_epoch_1(line):
 
 
 def _run(splits, parallel, seeds=1, batch_size=64, strategy="auto", output_dir=None,
-         resume=False, progress=None):
+         resume=False, progress=None, compute_dtype="float32"):
     import jax
     import numpy as np
     from convjax import train
     config = train.TrainConfig(model="plain-k3-w8-h32", epochs=2, batch_size=batch_size,
-                               seeds=seeds, eval_batch_size=40)
-    r = train.train_and_evaluate(config, train_split=splits[0], test_split=splits[1],
-                                 progress=progress, parallel=parallel,
-                                 seed_strategy=strategy, output_dir=output_dir,
-                                 checkpoint_every=1 if output_dir else 0, resume=resume)
+                               seeds=seeds, eval_batch_size=40, compute_dtype=compute_dtype)
+    with train.count_compilations() as compiled:
+        r = train.train_and_evaluate(config, train_split=splits[0], test_split=splits[1],
+                                     progress=progress, parallel=parallel,
+                                     seed_strategy=strategy, output_dir=output_dir,
+                                     checkpoint_every=1 if output_dir else 0, resume=resume)
     from convjax.parallel import fetch
     kernel = fetch(jax.tree.leaves(r.state.params)[0])
     return {"mode": r.summary["parallel"], "devices": len(r.summary["devices"]),
             "per_seed": [e["per_seed"] for e in r.epochs],
-            "kernel_sum": [float(np.abs(kernel[i]).sum()) for i in range(seeds)]}
+            "kernel_sum": [float(np.abs(kernel[i]).sum()) for i in range(seeds)],
+            "epoch_compilations": compiled["jit(epoch_fn)"],
+            "state_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(r.state)})}
 
 
 def main(argv):
@@ -54,7 +57,9 @@ def main(argv):
                "data": _run(splits, "data", seeds=8),
                "seeds": _run(splits, "seeds", seeds=8),
                "auto_1": _run(splits, "auto", seeds=1),
-               "auto_8": _run(splits, "auto", seeds=8)}
+               "auto_8": _run(splits, "auto", seeds=8),
+               # the notebook's TPU setting: mixed precision, seeds over the devices
+               "seeds_bf16": _run(splits, "seeds", seeds=8, compute_dtype="bfloat16")}
         try:
             _run(splits, "data", batch_size=60)
         except ValueError as e:

@@ -102,3 +102,47 @@ def test_half_precision_ops_ask_xla_for_float32_accumulation(dtype):
         assert to_f32 and first_sum[name] in ops, (name, ops)
         # The cast comes before the summation, not after it.
         assert to_f32[0] < ops.index(first_sum[name]), (name, ops)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", ["dense", "pointwise", "conv"])
+def test_half_precision_gradients(name, dtype):
+    # Mixed-precision training differentiates these ops in half precision: the gradient
+    # products must take half-precision operands (a float32 cotangent would promote
+    # them), accumulate in float32, and match float32 gradients of the rounded inputs.
+    x = jnp.asarray(X[:, :4, :4], dtype)
+    kernels = {"dense": W, "pointwise": K[1, 1], "conv": K}
+    k, b = jnp.asarray(kernels[name], dtype), jnp.asarray(B[:kernels[name].shape[-1]], dtype)
+    op = {"dense": lambda x, k, b: convjax.dense(x, k, b),
+          "pointwise": lambda x, k, b: convjax.pointwise(x, k, b),
+          "conv": lambda x, k, b: convjax.conv(x, k, b)}[name]
+    cot = jnp.asarray(rng0.normal(size=op(x, k, b).shape), dtype)
+
+    def loss(*args):
+        return jnp.sum(op(*args).astype(jnp.float32) * cot.astype(jnp.float32))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(x, k, b)
+    want = jax.grad(loss, argnums=(0, 1, 2))(*(a.astype(jnp.float32) for a in (x, k, b)))
+    for g, w, a in zip(grads, want, "xkb"):
+        assert g.dtype == dtype, (a, g.dtype)
+        scale = max(1.0, float(jnp.abs(w).max()))
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), rtol=TOL[dtype],
+                                   atol=TOL[dtype] * scale, err_msg=f"{name} d{a}")
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, k, b)
+    products = [e for e in _equations(jaxpr.jaxpr)
+                if str(e.primitive) in ("dot_general", "conv_general_dilated")]
+    assert len(products) >= 3, (name, [str(e.primitive) for e in jaxpr.jaxpr.eqns])
+    for e in products:  # forward, input gradient, kernel gradient
+        assert [v.aval.dtype for v in e.invars] == [dtype, dtype], (name, e)
+        assert e.params["preferred_element_type"] == jnp.float32, (name, e)
+
+
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in it (custom VJPs, pjit)."""
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)

@@ -143,6 +143,14 @@ def test_run_refuses_rows_of_other_settings_or_experiments(tmp_path):
     E._append_row(str(other), _fake_row(experiment="y"))
     with pytest.raises(ValueError, match="appears twice"):
         E.read_results(str(other))
+    # Rows written before compute_dtype existed were trained in float32.
+    legacy = _fake_row()
+    del legacy["train"]["compute_dtype"]
+    E._append_row(str(tmp_path / "legacy"), legacy)
+    assert E.read_results(str(tmp_path / "legacy"))[0]["train"] == _fake_row()["train"]
+    with pytest.raises(ValueError, match=r"'compute_dtype': \('float32', 'bfloat16'\)"):
+        E.run(exp, T.TrainConfig(epochs=1, compute_dtype="bfloat16"),
+              output_dir=str(tmp_path / "legacy"), progress=None)
 
 
 def _row(config_id, seed, acc, experiment="x"):

@@ -127,6 +127,9 @@ def test_checkpoint_safety(mnist, tmp_path):
         _run(mnist, tmp_path, checkpoint_every=1)
     with pytest.raises(ValueError, match=r"another config; differing fields .*'learning_rate'"):
         _run(mnist, tmp_path, resume=True, learning_rate=0.5)
+    with pytest.raises(ValueError, match=r"differing fields .*'compute_dtype': \('float32', "
+                                         r"'bfloat16'\)"):
+        _run(mnist, tmp_path, resume=True, compute_dtype="bfloat16")
     assert (tmp_path / "notes.txt").read_text() == "not ours"
 
 
@@ -174,6 +177,15 @@ def test_eight_devices_data_and_seeds_parallel_match_one_device():
     _compare(out["data"], out["single"])
     _compare(out["seeds"], out["single"])
     assert "global batch_size=60 is not divisible by the 8 devices" in out["error"]
+    for mode in ("single", "data", "seeds", "seeds_bf16"):
+        assert out[mode]["epoch_compilations"] == 1, mode  # 2 epochs, one program
+        assert out[mode]["state_dtypes"] == ["float32", "int32"], mode
+    bf16 = out["seeds_bf16"]
+    assert (bf16["mode"], bf16["devices"]) == ("seeds", 8)
+    acc = {k: np.mean([r["test_accuracy"] for r in out[k]["per_seed"][-1]])
+           for k in ("seeds", "seeds_bf16")}
+    assert abs(acc["seeds_bf16"] - acc["seeds"]) < 0.05, acc
+    assert bf16["per_seed"] != out["seeds"]["per_seed"]  # bfloat16 really ran
     # seed-sharded state saved by orbax and restored onto the same sharding: bit-identical
     assert out["seeds_resumed"] == out["seeds"]
 

@@ -240,6 +240,7 @@ def test_the_command_writes_metrics(tmp_path):
     env.pop("XLA_FLAGS", None)
     p = subprocess.run([sys.executable, "-m", "experiments.train", f"--model={TINY}",
                         "--epochs=1", "--batch_size=128", "--train_examples=2048",
+                        "--compute_dtype=bfloat16",
                         f"--data_dir={MNIST_DIR}", f"--output_dir={tmp_path}"],
                        env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -247,4 +248,5 @@ def test_the_command_writes_metrics(tmp_path):
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["xla_flags"] == T.YNN_FLAG
     assert summary["config"]["train_examples"] == 2048
+    assert summary["config"]["compute_dtype"] == "bfloat16"
     assert "epoch 1/1: train loss" in p.stderr

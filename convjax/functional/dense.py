@@ -24,10 +24,50 @@ def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array
 
     One ``lax.dot_general``; half-precision inputs accumulate in float32 and are rounded
     once after the bias add. ``kernel`` is cast to ``x.dtype``.
+
+    Half precision has a hand-written VJP (:func:`_half_linear`): JAX's own transpose of
+    a ``dot_general`` with a float32 result would run both gradient products in float32
+    (the float32 cotangent promotes the half-precision operand), where mixed-precision
+    training wants them on half-precision operands, accumulating in float32, as the
+    forward product. Forward-mode differentiation (``jax.jvp``) of a half-precision
+    ``linear`` is therefore not defined; float32 is plain JAX autodiff.
     """
-    y = lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+    kernel = kernel.astype(x.dtype)
+    if accum_dtype(x.dtype) is None:
+        return _linear(x, kernel, bias)
+    return _half_linear(x, kernel, bias)
+
+
+def _linear(x, kernel, bias):
+    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                         preferred_element_type=accum_dtype(x.dtype))
     return finish(y, bias, x.dtype)
+
+
+@jax.custom_vjp
+def _half_linear(x, kernel, bias):
+    """:func:`_linear` of half-precision ``x`` and ``kernel`` (same dtype) whose
+    gradient products take half-precision operands and accumulate in float32."""
+    return _linear(x, kernel, bias)
+
+
+def _half_linear_fwd(x, kernel, bias):
+    return _linear(x, kernel, bias), (x, kernel, bias)
+
+
+def _half_linear_bwd(res, dy):
+    x, kernel, bias = res
+    acc = jnp.float32
+    dy = dy.astype(x.dtype)                                 # [..., O]
+    dx = lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())),
+                         preferred_element_type=acc)        # [..., I]
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    dk = lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    db = None if bias is None else jnp.sum(dy2.astype(acc), 0).astype(bias.dtype)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype), db
+
+
+_half_linear.defvjp(_half_linear_fwd, _half_linear_bwd)
 
 
 def dense(x: Any, kernel: Any, bias: Any = None) -> jax.Array:
