@@ -626,7 +626,8 @@ def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
         lines.append(
             f"Training: {t['dataset']}, {t['epochs']} epoch(s) of "
             f"{t['train_examples'] or 'all'} training images, batch {t['batch_size']}, "
-            f"{t['optimizer']} lr {t['learning_rate']} ({t['schedule']}); test on "
+            f"{t['optimizer']} lr {t['learning_rate']} ({t['schedule']}), "
+            f"{t['compute_dtype']} compute; test on "
             f"{r['test_examples']:,} images. Device: {r['device_kind']}; jax "
             f"{r['jax_version']}, flax {r['flax_version']}, commit {r['git_commit']}.")
         lines.append("")
