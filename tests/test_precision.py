@@ -66,10 +66,26 @@ def test_every_conv_and_matmul_runs_in_the_compute_dtype(compute_dtype, operand)
                                                                          rhs)
             assert _element(out) == "f32", (name, kind, out)  # float32 accumulation
         assert "f64" not in text, name
+        assert "callback" not in text, name  # no host round-trip inside the loop
     # params, batch statistics and optimizer state: float32 in and out of the epoch
     for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
         assert before.dtype == after.dtype
         assert after.dtype in (jnp.float32, jnp.int32), after.dtype
+
+
+def test_the_progress_callback_is_the_only_host_round_trip():
+    # The check above can fail: with an in-epoch progress report (one device, a few
+    # times per epoch) the program holds a host callback, and without it none.
+    model = models.get("plain-k3-w8-h32")
+    tx = T.make_optimizer(T.TrainConfig(), 4)
+    state = jax.eval_shape(jax.vmap(lambda k: T.create_state(model, tx, k, (28, 28, 1))),
+                           jax.random.split(jax.random.key(0), 1))
+    args = (state, jax.random.split(jax.random.key(1), 1),
+            jax.ShapeDtypeStruct((64, 28, 28, 1), jnp.uint8),
+            jax.ShapeDtypeStruct((64,), jnp.int32))
+    texts = [jax.jit(T.train_epoch_fn(model, tx, 16, 64, **kw)).lower(*args).as_text()
+             for kw in ({}, {"report": lambda *a: None, "report_every": 2})]
+    assert "callback" not in texts[0] and "callback" in texts[1]
 
 
 def test_bfloat16_training_is_close_to_float32(mnist):
