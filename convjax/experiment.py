@@ -168,7 +168,8 @@ def read_results(output_dir: str) -> list[dict]:
                 raise ValueError(f"results: {key} appears twice in {path} (line {n})")
             seen.add(key)
             for k, v in T.ADDED_FIELDS.items():  # rows written before the field existed
-                row["train"].setdefault(k, v)
+                if k in TRAIN_KEYS:
+                    row["train"].setdefault(k, v)
             rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@ import json
 import pathlib
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -54,15 +55,17 @@ def test_the_notebook_runs_top_to_bottom_on_eight_cpu_devices(tmp_path, monkeypa
     pytest.importorskip("ipykernel")
     from nbclient import NotebookClient
     nb = _notebook()
-    out = tmp_path / "out"
     for key, value in {"CONVJAX_NOTEBOOK_SMOKE": "1", "CONVJAX_DATA_DIR": str(MNIST_DIR),
-                       "CONVJAX_NOTEBOOK_OUT": str(out), "JAX_PLATFORMS": "cpu",
+                       "TMPDIR": str(tmp_path), "JAX_PLATFORMS": "cpu",
                        "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}.items():
         monkeypatch.setenv(key, value)  # the kernel process inherits them
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
                             cwd=ROOT, capture_output=True, text=True).stdout
+    colab_runs = (ROOT / "runs" / "colab").exists()
+    start = time.perf_counter()
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert time.perf_counter() - start < 600  # the limit for the whole notebook
     streams, markdown, images = "", "", 0
     for cell in nb.cells:
         for o in cell.get("outputs", []):
@@ -72,6 +75,9 @@ def test_the_notebook_runs_top_to_bottom_on_eight_cpu_devices(tmp_path, monkeypa
                 markdown += o.data.get("text/markdown", "")
                 images += "image/png" in o.data
     assert "install skipped: smoke mode" in streams
+    # Results go to a fresh temporary directory (here under TMPDIR), not into the repository.
+    out = pathlib.Path(re.search(r"results in (\S+)", streams).group(1))
+    assert out.parent == tmp_path and out.name.startswith("convjax-notebook-")
     assert "8 cpu device(s)" in streams
     assert ("parallel=seeds: 8 seeds over 8 device(s), batch 64 per seed, compute dtype "
             "bfloat16") in streams
@@ -85,6 +91,8 @@ def test_the_notebook_runs_top_to_bottom_on_eight_cpu_devices(tmp_path, monkeypa
         assert f"{name}: 2 epoch program(s) compiled for 2 config(s)" in streams
         assert (out / name / "summary.md").read_text() in markdown
         assert "bfloat16 compute" in markdown
-    # Nothing was written into the repository (results went to CONVJAX_NOTEBOOK_OUT).
+    # Nothing was written into the repository: no new or changed file, nor runs/colab
+    # (ignored by git, the notebook's folder on Colab).
     assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
                           cwd=ROOT, capture_output=True, text=True).stdout == status
+    assert (ROOT / "runs" / "colab").exists() == colab_runs

@@ -61,6 +61,9 @@ def test_every_conv_and_matmul_runs_in_the_compute_dtype(compute_dtype, operand)
         # forward: 4 pointwise + 2 convs (the first, C=1, is summed tap by tap) + 2 dense;
         # training adds their input and kernel gradients
         assert len(ops) >= least, (name, len(ops))
+        # the pattern read every conv and matmul of the program (none skipped unread)
+        assert len(ops) == text.count("stablehlo.convolution") + \
+            text.count("stablehlo.dot_general"), name
         for kind, lhs, rhs, out in ops:
             assert (_element(lhs), _element(rhs)) == (operand, operand), (name, kind, lhs,
                                                                          rhs)

@@ -130,6 +130,14 @@ def test_checkpoint_safety(mnist, tmp_path):
     with pytest.raises(ValueError, match=r"differing fields .*'compute_dtype': \('float32', "
                                          r"'bfloat16'\)"):
         _run(mnist, tmp_path, resume=True, compute_dtype="bfloat16")
+    # A checkpoint written before compute_dtype existed was trained in float32: it resumes.
+    meta = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    saved = json.loads(meta.read_text())
+    del saved["config"]["compute_dtype"]
+    meta.write_text(json.dumps(saved))
+    lines = []
+    _run(mnist, tmp_path, resume=True, progress=lines.append)
+    assert any("resumed from" in x and "after epoch 2" in x for x in lines)
     assert (tmp_path / "notes.txt").read_text() == "not ours"
 
 

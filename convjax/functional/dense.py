@@ -30,7 +30,9 @@ def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array
     (the float32 cotangent promotes the half-precision operand), where mixed-precision
     training wants them on half-precision operands, accumulating in float32, as the
     forward product. Forward-mode differentiation (``jax.jvp``) of a half-precision
-    ``linear`` is therefore not defined; float32 is plain JAX autodiff.
+    ``linear`` is therefore not defined; float32 is plain JAX autodiff. On XLA:CPU, run
+    half-precision gradients under ``jax.jit`` (as training does): un-jitted, a batched
+    (``vmap``) gradient product can hit XLA:CPU's missing eager bf16 x bf16 -> f32 dot.
     """
     kernel = kernel.astype(x.dtype)
     if accum_dtype(x.dtype) is None:
