@@ -42,8 +42,8 @@ from convjax import models as M
 __all__ = ["TrainConfig", "TrainState", "make_schedule", "make_optimizer", "create_state",
            "seed_keys", "epoch_order", "train_epoch_fn", "make_train_epoch", "evaluate_fn",
            "make_evaluate", "over_seeds", "SEED_STRATEGIES", "train_and_evaluate", "RunResult",
-           "OPTIMIZERS", "SCHEDULES", "COMPUTE_DTYPES", "ADDED_FIELDS", "YNN_FLAG", "default_xla_flags",
-           "write_json", "atomic_write", "count_compilations"]
+           "OPTIMIZERS", "SCHEDULES", "COMPUTE_DTYPES", "ADDED_FIELDS", "YNN_FLAG",
+           "default_xla_flags", "write_json", "atomic_write", "count_compilations"]
 
 #: Points of each epoch's training-loss curve in the metrics (means of equal runs of steps).
 CURVE_POINTS = 20
@@ -200,26 +200,34 @@ def _compute_dtype(compute_dtype: Any) -> Any:
     return jnp.dtype(compute_dtype)
 
 
+def _cast_params(params: Any, compute_dtype: Any) -> Any:
+    """The floating leaves of ``params`` in ``compute_dtype`` (unchanged for float32)."""
+    dtype = _compute_dtype(compute_dtype)
+    if dtype is None:
+        return params
+    return jax.tree.map(
+        lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, params)
+
+
 def _apply(model, params, batch_stats, x, *, train: bool, key=None, compute_dtype=None):
     """``(float32 logits, new_batch_stats)``; with a ``compute_dtype`` the model runs on
     a copy of ``params`` and ``x`` cast to it (batch statistics stay float32)."""
+    params = _cast_params(params, compute_dtype)
     dtype = _compute_dtype(compute_dtype)
     if dtype is not None:
-        params = jax.tree.map(
-            lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
-            params)
         x = x.astype(dtype)
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
     if not train:
-        return model.apply(variables, x).astype(jnp.float32), batch_stats
-    rngs = {"dropout": key}
-    if batch_stats:
-        logits, updates = model.apply(variables, x, train=True, rngs=rngs,
+        logits = model.apply(variables, x)
+    elif batch_stats:
+        logits, updates = model.apply(variables, x, train=True, rngs={"dropout": key},
                                       mutable=["batch_stats"])
-        return logits.astype(jnp.float32), updates["batch_stats"]
-    return model.apply(variables, x, train=True, rngs=rngs).astype(jnp.float32), batch_stats
+        batch_stats = updates["batch_stats"]
+    else:
+        logits = model.apply(variables, x, train=True, rngs={"dropout": key})
+    return logits.astype(jnp.float32), batch_stats
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -371,6 +379,8 @@ def evaluate_fn(model, eval_batch_size: int, num_examples: int,
     idx, mask = idx.reshape(batches, eval_batch_size), mask.reshape(batches, eval_batch_size)
 
     def evaluate(params, batch_stats, images, labels):
+        params = _cast_params(params, compute_dtype)  # once, not in every batch
+
         def body(totals, inputs):
             i, m = inputs
             x = _images(images[i])
