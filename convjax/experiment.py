@@ -1,5 +1,5 @@
 """Experiments: train a list of model configs over several seeds, write results a
-reviewer can check, and say which differences are larger than the seed noise.
+reviewer can check, and judge each pair of configs over seeds and test images.
 
 :func:`run` is what the scripts (``python -m experiments.bottleneck``,
 ``experiments.kernel_sizes``, ``experiments.filter_counts``) call; they only build the
@@ -12,12 +12,14 @@ reviewer can check, and say which differences are larger than the seed noise.
 * ``params/<config_id>/seed_<seed>/``: the final variables (``params``, and
   ``batch_stats`` if any), saved with orbax (:func:`load_variables` reads them back);
 * ``predictions/<config_id>/seed_<seed>.npy``: the predicted class of every test image
-  (``uint8 [n_test]``, 10 KB for MNIST), and ``predictions/test_labels.npy``, for
-  McNemar's test and later analyses;
-* ``summary.md``, ``summary.csv``: per config the mean, standard deviation and 95%
-  t-interval of test accuracy over seeds, params, FLOPs, time; per pair of the
-  experiment, the paired difference and a sentence saying whether it exceeds the seed
-  noise (:mod:`convjax.stats`); ``pairs.csv``: the same comparisons as numbers;
+  (``uint8 [n_test]``, 10 KB for MNIST), and ``predictions/test_labels.npy``: the
+  per-image outcomes every interval and verdict is computed from;
+* ``summary.md``, ``summary.csv``: per config the mean and standard deviation of test
+  accuracy over seeds and its 95% interval over seeds and test images, params, FLOPs,
+  time; per pair of the experiment, the difference, its interval and a verdict
+  (:func:`convjax.stats.compare`, Holm-adjusted over the experiment's pairs, equivalence
+  within :attr:`Experiment.margin`); ``pairs.csv``: the same comparisons as numbers
+  (:data:`PAIR_COLUMNS`);
 * ``accuracy_vs_flops.png``, ``accuracy_vs_params.png``, ``learning_curves.png``;
 * ``.convjax-experiment.lock``: held while a run writes (a second run into the same
   directory is refused instead of dropping rows).
@@ -54,8 +56,7 @@ from convjax import train as T
 from convjax.checkpoint import quiet_orbax
 
 __all__ = ["Experiment", "Pair", "run", "read_results", "load_variables", "summarize",
-           "save_figure",
-           "ROW_KEYS", "TRAIN_KEYS"]
+           "save_figure", "ROW_KEYS", "TRAIN_KEYS", "PAIR_COLUMNS", "MNIST_MARGIN_REASON"]
 
 #: The keys of every row of ``results.jsonl``, in order. Accuracies are fractions;
 #: ``config`` is every field of the model config; ``train`` the training settings;
@@ -76,6 +77,14 @@ ROW_KEYS = ("config_id", "config", "seed", "experiment", "train", "test_accuracy
 TRAIN_KEYS = ("dataset", "epochs", "batch_size", "optimizer", "learning_rate", "momentum",
               "weight_decay", "schedule", "warmup_epochs", "validation_size",
               "train_examples", "compute_dtype")
+
+
+#: Why 0.2 points is the default equivalence margin (MNIST and its IDX siblings).
+MNIST_MARGIN_REASON = (
+    "0.2 points is 20 of 10,000 MNIST test images, about twice the binomial standard "
+    "deviation of one accuracy near 99% (0.1 points), and the scale at which published "
+    "MNIST architectures stop being told apart; a smaller difference would not change "
+    "which architecture a reader picks.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +108,11 @@ class Experiment:
         shown.
       pairs: the comparisons the summary states in words.
       notes: lines under the heading (what is held fixed, what ``C`` or ``r`` mean).
+      margin: the equivalence margin in accuracy points: a pair is called
+        ``"equivalent"`` only when the difference is shown to lie within ``±margin``
+        (:func:`convjax.stats.compare`).
+      margin_reason: one or more sentences saying why that margin (printed in the
+        summary).
     """
 
     name: str
@@ -106,12 +120,21 @@ class Experiment:
     configs: tuple[str, ...]
     pairs: tuple[Pair, ...] = ()
     notes: tuple[str, ...] = ()
+    margin: float = 0.2
+    margin_reason: str = MNIST_MARGIN_REASON
 
     def __post_init__(self):
         object.__setattr__(self, "configs", tuple(self.configs))
         object.__setattr__(self, "pairs", tuple(self.pairs))
         if not self.configs:
             raise ValueError(f"Experiment {self.name!r}: needs at least one config")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
+                or not 0 < self.margin < 100:
+            raise ValueError(f"Experiment {self.name!r}: margin must be a number of accuracy "
+                             f"points in (0, 100), got {self.margin!r}")
+        if not self.margin_reason.strip():
+            raise ValueError(f"Experiment {self.name!r}: margin_reason must say why the "
+                             f"equivalence margin is {self.margin} points")
         for mid in self.configs:
             M.parse(mid)  # canonical ids only: one id per config
         if len(set(self.configs)) != len(self.configs):
@@ -486,40 +509,51 @@ def _pts(v: float) -> str:
     return "nan" if math.isnan(v) else f"{100 * v:.2f}"
 
 
-def _signed(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{100 * v:+.2f}"
-
-
 def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None = None,
               failures: Sequence[tuple[str, str]] = ()) -> dict:
-    """Per-config statistics and per-pair comparisons of ``rows`` (those of
-    ``experiment``'s configs, every seed present); with ``output_dir``, also write
-    ``summary.md``, ``summary.csv``, ``pairs.csv`` and the plots there (atomically), and
-    run McNemar's test on the predictions saved there.
+    """Per-config statistics and per-pair verdicts of ``rows`` (those of ``experiment``'s
+    configs, every seed present); with ``output_dir``, also write ``summary.md``,
+    ``summary.csv``, ``pairs.csv`` and the plots there (atomically).
+
+    The intervals and verdicts need the per-image outcomes: they are read from the
+    predictions saved in ``output_dir`` (without it, or without a config's predictions,
+    the configs get no interval and the pairs are "not compared"). Each pair is judged by
+    :func:`convjax.stats.compare` (seeds and test images, equivalence margin
+    ``experiment.margin``) with Holm's adjustment over the pairs compared in this summary
+    (one experiment, one dataset: ``results.jsonl`` holds one training setting).
 
     Returns:
-      ``{"configs": [...], "pairs": [...], "failures": [...], "markdown": str}``: per
-      config ``config_id``, ``seeds``, ``test_accuracy`` (:func:`convjax.stats.mean_ci`),
-      ``params``, ``flops_per_image``, ``train_seconds`` and ``images_per_second``
-      (means); per pair ``a``, ``b``, ``question``, ``seeds`` (those both have),
-      ``sentence``, and when they share a seed the :func:`convjax.stats.paired` result
-      (``a - b`` in accuracy, as fractions) and ``mcnemar`` (one per seed with saved
-      predictions).
+      ``{"configs": [...], "pairs": [...], "failures": [...], "markdown": str,
+      "detectable": (low, high) or None}``: per config ``config_id``, ``seeds``,
+      ``test_accuracy`` (:func:`convjax.stats.mean_ci` of the rows' accuracies: seed
+      mean and s.d.), ``interval`` (:func:`convjax.stats.accuracy_interval`, points, or
+      None), ``params``, ``flops_per_image``, ``train_seconds`` and
+      ``images_per_second`` (means); per pair ``a``, ``b``, ``question``, ``seeds``
+      (those both have), ``sentence``, ``verdict`` (one of
+      :data:`convjax.stats.VERDICTS`, or ``"not compared"``), and when compared
+      ``comparison`` (the :class:`convjax.stats.Comparison` at the raw p-values),
+      ``p_holm``, ``p_equivalence_holm``, ``mde`` (points detectable with 80% power at
+      the 5% level) and ``mcnemar`` (one exact test per seed, a detail). ``detectable``
+      is the range of ``mde`` over the pairs.
     """
     by: dict[str, dict[int, dict]] = {}
     for r in rows:
         if r["config_id"] in experiment.configs:
             by.setdefault(r["config_id"], {})[r["seed"]] = r
+    labels = _load_npy(_labels_path(output_dir)) if output_dir else None
     configs = []
     for mid in experiment.configs:
         runs = by.get(mid, {})
         if not runs:
             continue
         rs = [runs[s] for s in sorted(runs)]
+        correct = _correct(output_dir, mid, sorted(runs), labels)
         configs.append({
             "config_id": mid,
             "seeds": sorted(runs),
             "test_accuracy": stats.mean_ci([r["test_accuracy"] for r in rs]),
+            "interval": stats.accuracy_interval(correct)
+            if correct is not None and len(runs) >= 2 else None,
             "test_loss": float(np.mean([r["test_loss"] for r in rs])),
             "params": rs[0]["params"],
             "flops_per_image": rs[0]["flops_per_image"],
@@ -530,10 +564,12 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
                                for e in range(min(len(r["epochs"]) for r in rs))],
             "loss_curve": _loss_curve(rs),
         })
-    labels = _load_npy(_labels_path(output_dir)) if output_dir else None
-    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir, labels)
-             for p in experiment.pairs]
-    out = {"configs": configs, "pairs": pairs, "failures": list(failures)}
+    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir, labels,
+                      experiment.margin) for p in experiment.pairs]
+    _holm(pairs)
+    mdes = [p["mde"] for p in pairs if "mde" in p and not math.isnan(p["mde"])]
+    out = {"configs": configs, "pairs": pairs, "failures": list(failures),
+           "detectable": (min(mdes), max(mdes)) if mdes else None}
     out["markdown"] = _markdown(experiment, configs, pairs, rows, failures)
     if output_dir:
         T.atomic_write(os.path.join(output_dir, "summary.md"), out["markdown"].encode())
@@ -542,6 +578,21 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
         if configs:
             _plots(experiment, configs, output_dir)
     return out
+
+
+def _correct(output_dir: str | None, config_id: str, seeds: Sequence[int],
+             labels: np.ndarray | None) -> np.ndarray | None:
+    """Bool ``[len(seeds), N]``: which test images each seed got right; None when a
+    seed's predictions (or the labels) are missing."""
+    if output_dir is None or labels is None:
+        return None
+    out = []
+    for s in seeds:
+        pred = _load_npy(_predictions_path(output_dir, config_id, s))
+        if pred is None or pred.shape != labels.shape:
+            return None
+        out.append(pred == labels)
+    return np.stack(out)
 
 
 def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
@@ -558,62 +609,84 @@ def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
 
 
 def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
-             labels: np.ndarray | None) -> dict:
+             labels: np.ndarray | None, margin: float) -> dict:
     common = sorted(set(a) & set(b))
     out: dict[str, Any] = {"a": pair.a, "b": pair.b, "question": pair.question,
-                           "seeds": common}
+                           "seeds": common, "verdict": "not compared", "margin": margin}
+    why = None
     if not common:
-        out["sentence"] = (f"{pair.question}: not compared ({pair.a} and {pair.b} share no "
-                           f"finished seed yet).")
+        why = f"{pair.a} and {pair.b} share no finished seed yet"
+    elif len(common) < 2:
+        why = "one seed cannot measure the seed noise"
+    ca = _correct(output_dir, pair.a, common, labels) if not why else None
+    cb = _correct(output_dir, pair.b, common, labels) if not why else None
+    if not why and (ca is None or cb is None):
+        why = "the per-image predictions of a seed are missing"
+    if why:
+        out["sentence"] = f"{pair.question}: not compared ({why})."
         return out
-    res = stats.paired([a[s]["test_accuracy"] for s in common],
-                       [b[s]["test_accuracy"] for s in common])
-    out.update(res)
-    mc = []
-    for s in common if output_dir and labels is not None else ():
-        pa = _load_npy(_predictions_path(output_dir, pair.a, s))
-        pb = _load_npy(_predictions_path(output_dir, pair.b, s))
-        if pa is None or pb is None or not pa.shape == pb.shape == labels.shape:
-            continue
-        mc.append(dict(stats.mcnemar(pa == labels, pb == labels), seed=s))
-    out["mcnemar"] = mc
-    n_sig = sum(m["p"] < 0.05 for m in mc)
-    mc_text = f"McNemar p < 0.05 on {n_sig} of {len(mc)} seeds" if mc else ""
-    diff = f"{_signed(res['mean'])} points"
-    if len(common) < 2:
-        detail = f" (one seed{'; ' + mc_text if mc else ''})"
-        verdict = "one seed cannot separate a difference from the seed noise"
-    elif res["std"] == 0:
-        detail = f" (the same on all {len(common)} seeds{'; ' + mc_text if mc else ''})"
-        verdict = ("the seed noise cannot be estimated from identical differences; "
-                   "no verdict")
-    else:
-        detail = (f" (95% CI {_signed(res['low'])} to {_signed(res['high'])}, paired over "
-                  f"{len(common)} seeds, t-test p = {res['p']:.3g}"
-                  f"{'; ' + mc_text if mc else ''})")
-        if res["excludes_zero"]:
-            better = pair.a if res["mean"] > 0 else pair.b
-            verdict = f"larger than the seed noise: {better} is more accurate"
-        else:
-            verdict = "within the seed noise: no difference shown"
-    out["sentence"] = f"{pair.question}: {pair.a} minus {pair.b} = {diff}{detail}; {verdict}."
+    c = stats.compare(ca, cb, margin=margin)
+    out["comparison"] = c
+    out["mde"] = c.mde()
+    out["mcnemar"] = [dict(stats.mcnemar(x, y), seed=s) for s, x, y in zip(common, ca, cb)]
     return out
+
+
+def _holm(pairs: list[dict]) -> None:
+    """Holm-adjust the compared pairs' p-values (difference, and equivalence) as one
+    family, set each pair's verdict from the adjusted ones and write its sentence."""
+    done = [p for p in pairs if "comparison" in p]
+    if not done:
+        return
+
+    def one(v):  # a comparison without a noise estimate counts, as a p of 1
+        return 1.0 if math.isnan(v) else v
+
+    p_holm = stats.holm([one(p["comparison"].p_value) for p in done])
+    eq_holm = stats.holm([one(p["comparison"].p_equivalence) for p in done])
+    for p, ph, eh in zip(done, p_holm, eq_holm):
+        c = p["comparison"]
+        judged = c.with_p(ph, eh)
+        p.update(p_holm=ph, p_equivalence_holm=eh, verdict=judged.verdict)
+        if c.se == 0:
+            p["sentence"] = (f"{p['question']}: {p['a']} minus {p['b']} = "
+                             f"{c.difference:+.2f} points, the same on every seed and image "
+                             f"(the models agree everywhere): no noise estimate, "
+                             f"inconclusive.")
+            continue
+        words = {
+            "a better": f"**{p['a']} is more accurate**",
+            "b better": f"**{p['b']} is more accurate**",
+            "equivalent": f"**equivalent** within ±{c.margin:g} points (two one-sided "
+                          f"tests, Holm p = {eh:.2g})",
+            "inconclusive": f"inconclusive: neither a difference nor equivalence within "
+                            f"±{c.margin:g} points shown",
+        }[judged.verdict]
+        p["sentence"] = (f"{p['question']}: {p['a']} minus {p['b']} = {c.difference:+.2f} "
+                         f"points (95% CI {c.low:+.2f} to {c.high:+.2f}; p = {c.p_value:.2g}, "
+                         f"Holm p = {ph:.2g}): {words}.")
+
+
+PAIR_COLUMNS = ("a", "b", "question", "seeds", "difference_pts", "ci_low_pts",
+                "ci_high_pts", "p", "p_holm", "verdict", "margin_pts", "se_pts", "df",
+                "p_equivalence", "p_equivalence_holm", "mde_pts", "seed_sd_pts",
+                "mcnemar_p_per_seed")
 
 
 def _pairs_csv(pairs: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["a", "b", "question", "seeds", "difference_mean", "difference_std",
-                "ci95_low", "ci95_high", "t", "p", "larger_than_seed_noise",
-                "mcnemar_seeds", "mcnemar_p_below_0.05"])
+    w.writerow(PAIR_COLUMNS)
     for p in pairs:
-        if not p["seeds"]:
-            w.writerow([p["a"], p["b"], p["question"], 0] + [""] * 9)
+        head = [p["a"], p["b"], p["question"], len(p["seeds"])]
+        if "comparison" not in p:
+            w.writerow(head + [""] * 5 + [p["verdict"], p["margin"]] + [""] * 7)
             continue
-        mc = p.get("mcnemar", [])
-        w.writerow([p["a"], p["b"], p["question"], len(p["seeds"]), p["mean"], p["std"],
-                    p["low"], p["high"], p["t"], p["p"], p["excludes_zero"], len(mc),
-                    sum(m["p"] < 0.05 for m in mc)])
+        c = p["comparison"]
+        w.writerow(head + [c.difference, c.low, c.high, c.p_value, p["p_holm"], p["verdict"],
+                           c.margin, c.se, c.df, c.p_equivalence, p["p_equivalence_holm"],
+                           p["mde"], c.seed_sd,
+                           ";".join(f"{m['p']:.4g}" for m in p["mcnemar"])])
     return buf.getvalue()
 
 
@@ -632,35 +705,26 @@ def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
             f"{r['test_examples']:,} images. Device: {r['device_kind']}; jax "
             f"{r['jax_version']}, flax {r['flax_version']}, commit {r['git_commit']}.")
         lines.append("")
-    lines.append("| config | seeds | test acc % (mean ± std) | 95% CI | params | MFLOPs/image "
-                 "| train s/seed | images/s |")
+    lines.append("| config | seeds | test acc % (mean ± seed std) | 95% CI (seeds + test "
+                 "images) | params | MFLOPs/image | train s/seed | images/s |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for c in configs:
-        a = c["test_accuracy"]
+        a, iv = c["test_accuracy"], c["interval"]
         std = "" if math.isnan(a["std"]) else f" ± {_pts(a['std'])}"
-        ci = "-" if math.isnan(a["low"]) else f"{_pts(a['low'])} to {_pts(a['high'])}"
+        ci = "-" if iv is None or math.isnan(iv.low) else f"{iv.low:.2f} to {iv.high:.2f}"
         lines.append(f"| {c['config_id']} | {a['n']} | {_pts(a['mean'])}{std} | {ci} | "
                      f"{c['params']:,} | {c['flops_per_image'] / 1e6:.2f} | "
                      f"{c['train_seconds']:.1f} | {c['images_per_second']:,.0f} |")
     lines += ["", "MFLOPs/image: forward (inference) FLOPs of one image, every tap counted "
-              "(`python -m convjax.explain --model=<config>`). 95% CI: t-interval of the "
-              "mean over seeds. train s/seed: a seed's share of its run's training time "
-              "(seeds train together); images/s: training images per second of the run, "
-              "all its seeds together (equal to one seed's images over its share).", ""]
+              "(`python -m convjax.explain --model=<config>`). 95% CI: the interval of the "
+              "config's accuracy over seeds *and* test sets of this size "
+              "(`convjax.stats.accuracy_interval`; the seeds share one test set, so its "
+              "sampling noise does not shrink with more seeds). train s/seed: a seed's "
+              "share of its run's training time (seeds train together); images/s: training "
+              "images per second of the run, all its seeds together.", ""]
     if pairs:
-        n = rows[0]["test_examples"] if rows else 10_000
-        acc = float(np.median([c["test_accuracy"]["mean"] for c in configs])) \
-            if configs else 0.99  # the median config's accuracy
-        lines += ["## Comparisons", "",
-                  f"Scale of the noise: on {n:,} test images at {_pts(acc)}% (the median "
-                  f"config) the binomial "
-                  f"standard deviation alone is {_pts(stats.binomial_sd(acc, n))} points. "
-                  "Each difference is paired by seed (same seed, same data order); it is "
-                  "called larger than the seed noise when its 95% interval excludes 0. "
-                  f"The {len(pairs)} comparisons are not corrected for multiplicity: at 95% "
-                  "about one in twenty pairs with no real difference is called different "
-                  "by chance. McNemar's exact test asks, per seed, whether the two models "
-                  "disagree on more test images than chance allows.", ""]
+        done = [p for p in pairs if "comparison" in p]
+        lines += ["## Comparisons", "", _method_text(experiment, done), ""]
         lines += [f"- {p['sentence']}" for p in pairs]
         lines.append("")
     missing = [c for c in experiment.configs if c not in {x["config_id"] for x in configs}]
@@ -671,6 +735,33 @@ def _markdown(experiment: Experiment, configs: list[dict], pairs: list[dict],
     return "\n".join(lines)
 
 
+def _method_text(experiment: Experiment, done: list[dict]) -> str:
+    m = len(done)
+    text = ("Each pair is judged on the per-image outcomes of the seeds both configs have "
+            "(`convjax.stats.compare`): the difference a - b in accuracy points, its 95% "
+            "interval over seeds *and* test images (a crossed two-way variance "
+            "decomposition), and a verdict from p-values adjusted by Holm's method over the "
+            f"{m} pair{'s' if m != 1 else ''} compared here, so that the chance of any false "
+            "\"more accurate\" among them stays at or below 5%. "
+            f"\"Equivalent\" needs two one-sided tests (Holm-adjusted) to place the "
+            f"difference within ±{experiment.margin:g} points, this experiment's equivalence "
+            f"margin: {experiment.margin_reason} \"Inconclusive\" means neither a difference "
+            "nor equivalence was shown: it is not \"no difference\".")
+    mdes = [p["mde"] for p in done if not math.isnan(p["mde"])]
+    if mdes:
+        c = done[0]["comparison"]
+        strict = [p["comparison"].mde(alpha=0.05 / m) for p in done
+                  if not math.isnan(p["mde"])]
+        text += (f" At {c.seeds} seeds and {c.images:,} test images, the smallest "
+                 f"difference a pair here detects with 80% power is {min(mdes):.2f} to "
+                 f"{max(mdes):.2f} points at the 5% level ({min(strict):.2f} to "
+                 f"{max(strict):.2f} at Holm's strictest threshold, 0.05/{m}).")
+    text += (" `pairs.csv` also lists, per seed, McNemar's exact p: whether the images "
+             "only one of the two models gets right lean to one side on that seed (a detail "
+             "per seed, not a verdict).")
+    return text
+
+
 def _csv(configs: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -679,8 +770,9 @@ def _csv(configs: list[dict]) -> str:
                 "params", "flops_per_image", "train_flops_per_image", "train_seconds_mean",
                 "images_per_second_mean"])
     for c in configs:
-        a = c["test_accuracy"]
-        w.writerow([c["config_id"], a["n"], a["mean"], a["std"], a["low"], a["high"],
+        a, iv = c["test_accuracy"], c["interval"]
+        low, high = (math.nan, math.nan) if iv is None else (iv.low / 100, iv.high / 100)
+        w.writerow([c["config_id"], a["n"], a["mean"], a["std"], low, high,
                     c["test_loss"], c["params"], c["flops_per_image"],
                     c["train_flops_per_image"], c["train_seconds"], c["images_per_second"]])
     return buf.getvalue()
@@ -702,14 +794,15 @@ def _plots(experiment: Experiment, configs: list[dict], output_dir: str) -> None
         fig = Figure(figsize=(8, 5.5))
         ax = fig.add_subplot()
         for c in configs:
-            a = c["test_accuracy"]
-            err = 0 if math.isnan(a["half_width"]) else 100 * a["half_width"]
+            a, iv = c["test_accuracy"], c["interval"]
+            err = 0 if iv is None or math.isnan(iv.low) else [[100 * a["mean"] - iv.low],
+                                                              [iv.high - 100 * a["mean"]]]
             ax.errorbar(c[key], 100 * a["mean"], yerr=err, fmt="o", capsize=4)
             ax.annotate(c["config_id"], (c[key], 100 * a["mean"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (log scale)")
-        ax.set_ylabel("test accuracy % (mean over seeds, 95% CI)")
+        ax.set_ylabel("test accuracy % (mean over seeds; 95% CI, seeds + test images)")
         ax.set_title(f"{experiment.title}: accuracy vs {label}", fontsize=10)
         ax.grid(True, alpha=0.3)
         save_figure(fig, os.path.join(output_dir, f"accuracy_vs_{name}.png"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app
 
-from convjax.experiment import Experiment, Pair
+from convjax.experiment import MNIST_MARGIN_REASON, Experiment, Pair
 from experiments import _sweep
 
 REDUCE = (4, 8, 16, 32)
@@ -35,6 +35,7 @@ EXPERIMENT = Experiment(
               f"bottleneck r={r} vs plain 3x3{' (residual)' if res else ''}")
          for res in ("", "-res") for r in REDUCE]
         + [Pair(b + "-res", b, f"residual vs none ({b})") for b in _ids("")]),
+    margin=0.2, margin_reason=MNIST_MARGIN_REASON,
     notes=("Stages of widths 32 and 64 (2x2 max pool after each), dense head 128. "
            "Bottleneck: 1x1 to r, 3x3 at r, 1x1 back to the stage width; the second "
            "stage's 1x1 reduces the first stage's C = 32 maps to r = C/8, C/4, C/2, C.",))

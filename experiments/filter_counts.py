@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app
 
-from convjax.experiment import Experiment, Pair
+from convjax.experiment import MNIST_MARGIN_REASON, Experiment, Pair
 from experiments import _sweep
 
 FIRST = (4, 8, 16, 32, 64, 128)
@@ -37,6 +37,7 @@ EXPERIMENT = Experiment(
     pairs=tuple(Pair(_first(b), _first(a), f"{b} vs {a} first-stage filters")
                 for a, b in zip(FIRST, FIRST[1:]))
     + tuple(Pair(_mult(b), _mult(a), f"width x{b} vs x{a}") for a, b in zip(MULT, MULT[1:])),
+    margin=0.2, margin_reason=MNIST_MARGIN_REASON,
     notes=("Two 3x3 stages (2x2 max pool after each), dense head 128. w<F>.64: F filters "
            "in the first stage, 64 in the second. x<m>: both stages scaled by m from "
            "32 and 64.",))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import app
 
-from convjax.experiment import Experiment, Pair
+from convjax.experiment import MNIST_MARGIN_REASON, Experiment, Pair
 from experiments import _sweep
 
 K = {k: f"plain-k{k}-w32.64" for k in (1, 3, 5, 7)}
@@ -33,6 +33,7 @@ EXPERIMENT = Experiment(
            Pair(STACKED[2], K[5], "two stacked 3x3 vs one 5x5 (same 5x5 receptive field)"),
            Pair(STACKED[3], K[7], "three stacked 3x3 vs one 7x7 (same 7x7 receptive "
                                   "field)")),
+    margin=0.2, margin_reason=MNIST_MARGIN_REASON,
     notes=("Stages of 32 and 64 filters (2x2 max pool after each), dense head 128. "
            "stacked-n2 / stacked-n3: two / three 3x3 convs per stage with ReLUs between, "
            "the receptive field of one 5x5 / 7x7.",))

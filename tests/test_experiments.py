@@ -1,5 +1,6 @@
-"""The experiments (issue 11): statistics against scipy and hand-computed cases, each
-script end to end on a slice of MNIST, and resuming after a kill -9."""
+"""The experiments: definitions, summaries and verdicts from saved predictions, each
+script end to end on a slice of MNIST, and resuming after a kill -9 (the statistics
+themselves: tests/test_stats.py)."""
 
 import dataclasses
 import importlib
@@ -30,60 +31,6 @@ needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST at {M
 # exactly on any backend (vmap, the default on GPU/TPU, agrees to float round-off).
 SMALL = ["--quick", "--seeds=2", "--train_examples=256", "--test_examples=500",
          "--batch_size=32", "--seed_strategy=loop", f"--data_dir={MNIST_DIR}"]
-
-
-# --------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------
-
-
-def test_mean_ci_matches_scipy_t_interval():
-    v = [0.9912, 0.9921, 0.9905, 0.9917, 0.9909]
-    r = stats.mean_ci(v)
-    lo, hi = sst.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=sst.sem(v))
-    assert r["n"] == 5 and r["mean"] == pytest.approx(np.mean(v), abs=1e-15)
-    assert r["std"] == pytest.approx(np.std(v, ddof=1), rel=1e-12)
-    assert (r["low"], r["high"]) == pytest.approx((lo, hi), rel=1e-12)
-    # By hand: three values 1, 2, 3: mean 2, std 1, t_{0.975, 2} = 4.302653,
-    # half-width 4.302653 / sqrt(3) = 2.484138.
-    r = stats.mean_ci([1.0, 2.0, 3.0])
-    assert r["half_width"] == pytest.approx(2.484138, abs=1e-6)
-    one = stats.mean_ci([0.99])
-    assert one["mean"] == 0.99 and math.isnan(one["half_width"])
-
-
-def test_paired_matches_scipy_ttest_rel():
-    a = np.array([0.9921, 0.9915, 0.9930, 0.9918, 0.9925])
-    b = np.array([0.9910, 0.9912, 0.9915, 0.9913, 0.9916])
-    r = stats.paired(a, b)
-    ref = sst.ttest_rel(a, b)
-    assert r["t"] == pytest.approx(ref.statistic, rel=1e-9)
-    assert r["p"] == pytest.approx(ref.pvalue, rel=1e-9)
-    assert r["mean"] == pytest.approx(np.mean(a - b), abs=1e-15)
-    assert r["excludes_zero"] and r["low"] > 0
-    # Differences of both signs: the interval straddles 0.
-    r = stats.paired([0.990, 0.992, 0.991], [0.991, 0.990, 0.991])
-    assert not r["excludes_zero"] and r["low"] < 0 < r["high"]
-    with pytest.raises(ValueError, match="one value per seed"):
-        stats.paired([0.9, 0.8], [0.9])
-
-
-def test_mcnemar_exact_by_hand_and_against_scipy():
-    # 1 image only A gets right, 5 only B: p = 2 * P[Bin(6, 1/2) <= 1] = 2 * 7/64.
-    a = np.array([1] * 10 + [1] + [0] * 5 + [0] * 4, bool)
-    b = np.array([1] * 10 + [0] + [1] * 5 + [0] * 4, bool)
-    r = stats.mcnemar(a, b)
-    assert (r["only_a"], r["only_b"], r["n"]) == (1, 5, 20)
-    assert r["p"] == pytest.approx(14 / 64, abs=1e-12)
-    assert r["p"] == pytest.approx(sst.binomtest(1, 6, 0.5).pvalue, abs=1e-12)
-    assert stats.mcnemar(a, a)["p"] == 1.0  # never disagree: nothing to test
-    with pytest.raises(ValueError, match="one entry per test image"):
-        stats.mcnemar(a, b[:5])
-
-
-def test_binomial_sd_scale_of_the_issue():
-    # 99.2% on 10,000 images: about 0.09 points.
-    assert 100 * stats.binomial_sd(0.992, 10_000) == pytest.approx(0.0891, abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------
@@ -167,57 +114,102 @@ A, B, C = "plain-k3-w32.64", "plain-k5-w32.64", "plain-k7-w32.64"
 EXP = E.Experiment("x", "x", (A, B, C), (E.Pair(B, A, "5 vs 3"), E.Pair(C, A, "7 vs 3")))
 
 
-def test_summary_sentences_for_clear_noisy_single_and_missing_cases():
-    rows = [_row(A, s, a) for s, a in enumerate([0.980, 0.982, 0.981])]
-    rows += [_row(B, s, a) for s, a in enumerate([0.985, 0.986, 0.987])]  # clearly better
-    out = E.summarize(EXP, rows)
-    (p5, p7) = out["pairs"]
-    assert p5["excludes_zero"] and p5["mean"] == pytest.approx(0.005, abs=1e-12)
-    assert "larger than the seed noise: plain-k5-w32.64 is more accurate" in p5["sentence"]
-    assert "paired over 3 seeds" in p5["sentence"] and "+0.50 points" in p5["sentence"]
-    assert p7["seeds"] == [] and "not compared" in p7["sentence"]
+def _predicted(tmp_path, config_id, seed, labels, wrong):
+    """Save predictions of ``config_id`` that get exactly the images ``wrong`` wrong."""
+    pred = labels.copy()
+    pred[wrong] = (pred[wrong] + 1) % 10
+    E._save_predictions(str(tmp_path), config_id, seed, pred)
+    return _row(config_id, seed, float(np.mean(pred == labels)))
+
+
+def test_summary_verdicts_from_saved_predictions(tmp_path):
+    labels = np.arange(10_000) % 10
+    E._save_labels(str(tmp_path), labels)
+    rng = np.random.default_rng(0)
+    hard = rng.permutation(10_000)[:400]  # the images A gets wrong on some seed
+    rows = []
+    for s in range(3):
+        wrong_a = rng.choice(hard, 200, replace=False)
+        rows.append(_predicted(tmp_path, A, s, labels, wrong_a))
+        rows.append(_predicted(tmp_path, B, s, labels, wrong_a[:100]))  # 1 point better
+    out = E.summarize(EXP, rows, str(tmp_path))
+    p5, p7 = out["pairs"]
+    c = p5["comparison"]
+    assert c.difference == pytest.approx(1.0) and c.seeds == 3 and c.images == 10_000
+    assert p5["verdict"] == "a better" and p5["p_holm"] == pytest.approx(c.p_value)
+    assert "**plain-k5-w32.64 is more accurate**" in p5["sentence"]
+    assert p7["verdict"] == "not compared" and "share no finished seed" in p7["sentence"]
     assert "Not trained yet: plain-k7-w32.64." in out["markdown"]
-    # Differences of both signs: within the noise.
-    noisy = rows[:3] + [_row(B, s, a) for s, a in enumerate([0.982, 0.980, 0.982])]
-    assert "within the seed noise: no difference shown" in \
-        E.summarize(EXP, noisy)["pairs"][0]["sentence"]
-    # The same difference on every seed: no noise estimate, no verdict.
-    same = rows[:3] + [_row(B, s, a + 0.002) for s, a in enumerate([0.980, 0.982, 0.981])]
-    sentence = E.summarize(EXP, same)["pairs"][0]["sentence"]
-    assert "the same on all 3 seeds" in sentence and "no verdict" in sentence
-    # One seed: said plainly.
-    one = E.summarize(EXP, [rows[0], rows[3]])
-    assert "one seed cannot separate" in one["pairs"][0]["sentence"]
-    assert math.isnan(one["configs"][0]["test_accuracy"]["half_width"])
-    assert "| plain-k3-w32.64 | 1 | 98.00 | - |" in one["markdown"]
+    assert "Holm's method over the 1 pair compared here" in out["markdown"]
+    assert out["detectable"][0] > 0
+    # Per-config interval over seeds and images, beside the seed mean and std.
+    iv = out["configs"][0]["interval"]
+    assert iv.mean == pytest.approx(98.0) and iv.low < 98.0 < iv.high
+    assert f"| {A} | 3 | 98.00 ± 0.00 | {iv.low:.2f} to {iv.high:.2f} |" in out["markdown"]
+    mc = p5["mcnemar"]
+    assert [(m["seed"], m["only_a"], m["only_b"]) for m in mc] == [(s, 100, 0)
+                                                                  for s in range(3)]
+    lines = (tmp_path / "pairs.csv").read_text().splitlines()
+    assert lines[0] == ",".join(E.PAIR_COLUMNS)
+    assert lines[0].startswith("a,b,question,seeds,difference_pts,ci_low_pts,ci_high_pts,"
+                               "p,p_holm,verdict,margin_pts")
+    first = lines[1].split(",")
+    assert first[:4] == [B, A, "5 vs 3", "3"] and first[9] == "a better"
+    assert float(first[4]) == pytest.approx(1.0) and first[10] == "0.2"
+    assert lines[2] == f"{C},{A},7 vs 3,0,,,,,,not compared,0.2" + "," * 7
+    for f in ("summary.md", "summary.csv", "accuracy_vs_flops.png", "learning_curves.png"):
+        assert (tmp_path / f).exists(), f
+
+
+def test_summary_equivalence_inconclusive_holm_and_missing_cases(tmp_path):
+    labels = np.arange(10_000) % 10
+    E._save_labels(str(tmp_path), labels)
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(5):
+        wrong_a = rng.choice(10_000, 150, replace=False)
+        rows.append(_predicted(tmp_path, A, s, labels, wrong_a))
+        # B: the same number of mistakes, 20 of them on other images: equivalent.
+        rows.append(_predicted(tmp_path, B, s, labels, np.concatenate(
+            [wrong_a[:130], rng.choice(np.setdiff1d(np.arange(10_000), wrong_a), 20,
+                                       replace=False)])))
+        # C: about as many mistakes on average, but 90 to 210 of them from seed to seed:
+        # neither a difference nor equivalence can be shown.
+        rows.append(_predicted(tmp_path, C, s, labels, rng.choice(
+            10_000, (100, 210, 140, 90, 205)[s], replace=False)))
+    out = E.summarize(EXP, rows, str(tmp_path))
+    p5, p7 = out["pairs"]
+    assert p5["verdict"] == "equivalent", p5["sentence"]
+    assert "**equivalent** within ±0.2 points" in p5["sentence"]
+    assert p7["verdict"] == "inconclusive", p7["sentence"]
+    assert "neither a difference nor equivalence within ±0.2 points" in p7["sentence"]
+    # Holm over the two pairs: the smaller p doubled, the larger kept at least as large.
+    raw = [p5["comparison"].p_value, p7["comparison"].p_value]
+    assert [p5["p_holm"], p7["p_holm"]] == pytest.approx(stats.holm(raw))
+    # Without the predictions of a seed: not compared, said plainly.
+    os.remove(E._predictions_path(str(tmp_path), C, 3))
+    p7 = E.summarize(EXP, rows, str(tmp_path))["pairs"][1]
+    assert p7["verdict"] == "not compared" and "predictions of a seed are missing" in \
+        p7["sentence"]
+    # One seed: cannot measure the seed noise.
+    one = E.summarize(EXP, [r for r in rows if r["seed"] == 0], str(tmp_path))
+    assert "one seed cannot measure the seed noise" in one["pairs"][0]["sentence"]
+    assert one["configs"][0]["interval"] is None
+    assert "| plain-k3-w32.64 | 1 | 98.50 | - |" in one["markdown"]
+    # Without output_dir there are no per-image outcomes to judge from.
+    bare = E.summarize(EXP, rows)
+    assert [p["verdict"] for p in bare["pairs"]] == ["not compared"] * 2
     # No pairs, other experiments' configs ignored.
     solo = E.Experiment("x", "x", (A,))
     assert E.summarize(solo, rows)["pairs"] == [] and "## Comparisons" not in \
         E.summarize(solo, rows)["markdown"]
 
 
-def test_summary_writes_files_and_mcnemar_from_saved_predictions(tmp_path):
-    labels = np.arange(20) % 10
-    E._save_labels(str(tmp_path), labels)
-    rows = []
-    for s in (0, 1):
-        pa, pb = labels.copy(), labels.copy()
-        pa[:2] = (pa[:2] + 1) % 10   # A wrong on 2 images
-        pb[:9] = (pb[:9] + 1) % 10   # B wrong on 9 (7 more): McNemar p = 2/128
-        E._save_predictions(str(tmp_path), A, s, pa)
-        E._save_predictions(str(tmp_path), B, s, pb)
-        rows += [_row(A, s, 0.9), _row(B, s, 0.55 + 0.01 * s)]
-    out = E.summarize(EXP, rows, str(tmp_path))
-    mc = out["pairs"][0]["mcnemar"]
-    assert [(m["seed"], m["only_a"], m["only_b"]) for m in mc] == [(0, 0, 7), (1, 0, 7)]
-    assert mc[0]["p"] == pytest.approx(2 / 128)
-    assert "McNemar p < 0.05 on 2 of 2 seeds" in out["pairs"][0]["sentence"]
-    pairs = (tmp_path / "pairs.csv").read_text().splitlines()
-    assert pairs[0].startswith("a,b,question,seeds,difference_mean")
-    assert pairs[1].startswith(f"{B},{A},5 vs 3,2,")
-    assert pairs[2] == f"{C},{A},7 vs 3,0" + "," * 9
-    for f in ("summary.md", "summary.csv", "accuracy_vs_flops.png", "learning_curves.png"):
-        assert (tmp_path / f).exists(), f
+def test_experiment_margin_is_checked():
+    with pytest.raises(ValueError, match="margin must be a number of accuracy points"):
+        E.Experiment("x", "x", (A,), margin=0)
+    with pytest.raises(ValueError, match="margin_reason must say why"):
+        E.Experiment("x", "x", (A,), margin=0.5, margin_reason=" ")
 
 
 def test_resume_mid_group_trains_the_missing_seed_alone_with_the_same_result(tmp_path,
@@ -343,9 +335,8 @@ def _check_outputs(out, configs, seeds, stdout):
     md = (out / "summary.md").read_text()
     for c in configs:
         assert f"| {c} | {len(seeds)} |" in md
-    assert "## Comparisons" in md and ("within the seed noise" in md
-                                       or "larger than the seed noise" in md)
-    assert "McNemar p < 0.05 on" in md
+    assert "## Comparisons" in md and "Holm" in md
+    assert any(f"): {w}" in md for w in ("**", "inconclusive", "not compared")), md
     for png in ("accuracy_vs_flops.png", "accuracy_vs_params.png", "learning_curves.png"):
         data_ = (out / png).read_bytes()
         assert data_[:8] == b"\x89PNG\r\n\x1a\n" and len(data_) > 10_000, png
