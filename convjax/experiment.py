@@ -618,6 +618,10 @@ def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
         why = f"{pair.a} and {pair.b} share no finished seed yet"
     elif len(common) < 2:
         why = "one seed cannot measure the seed noise"
+    elif output_dir is None:
+        why = "no output_dir holding the per-image predictions"
+    elif labels is None:
+        why = f"{_labels_path(output_dir)} is missing"
     ca = _correct(output_dir, pair.a, common, labels) if not why else None
     cb = _correct(output_dir, pair.b, common, labels) if not why else None
     if not why and (ca is None or cb is None):
@@ -649,9 +653,10 @@ def _holm(pairs: list[dict]) -> None:
         judged = c.with_p(ph, eh)
         p.update(p_holm=ph, p_equivalence_holm=eh, verdict=judged.verdict)
         if c.se == 0:
+            same = ("the models agree on every seed and image" if c.difference == 0 else
+                    "the same difference on every seed and image")
             p["sentence"] = (f"{p['question']}: {p['a']} minus {p['b']} = "
-                             f"{c.difference:+.2f} points, the same on every seed and image "
-                             f"(the models agree everywhere): no noise estimate, "
+                             f"{c.difference:+.2f} points ({same}): no noise estimate, "
                              f"inconclusive.")
             continue
         words = {
@@ -663,8 +668,8 @@ def _holm(pairs: list[dict]) -> None:
                             f"±{c.margin:g} points shown",
         }[judged.verdict]
         p["sentence"] = (f"{p['question']}: {p['a']} minus {p['b']} = {c.difference:+.2f} "
-                         f"points (95% CI {c.low:+.2f} to {c.high:+.2f}; p = {c.p_value:.2g}, "
-                         f"Holm p = {ph:.2g}): {words}.")
+                         f"points (unadjusted 95% CI {c.low:+.2f} to {c.high:+.2f}; p = "
+                         f"{c.p_value:.2g}, Holm p = {ph:.2g}): {words}.")
 
 
 PAIR_COLUMNS = ("a", "b", "question", "seeds", "difference_pts", "ci_low_pts",
@@ -740,19 +745,23 @@ def _method_text(experiment: Experiment, done: list[dict]) -> str:
     text = ("Each pair is judged on the per-image outcomes of the seeds both configs have "
             "(`convjax.stats.compare`): the difference a - b in accuracy points, its 95% "
             "interval over seeds *and* test images (a crossed two-way variance "
-            "decomposition), and a verdict from p-values adjusted by Holm's method over the "
+            "decomposition; the interval is the pair's own, unadjusted), and a verdict from "
+            "p-values adjusted by Holm's method over the "
             f"{m} pair{'s' if m != 1 else ''} compared here, so that the chance of any false "
-            "\"more accurate\" among them stays at or below 5%. "
+            "\"more accurate\" among them stays at or below 5%: a pair whose unadjusted "
+            "interval excludes 0 can still be inconclusive. "
             f"\"Equivalent\" needs two one-sided tests (Holm-adjusted) to place the "
             f"difference within ±{experiment.margin:g} points, this experiment's equivalence "
             f"margin: {experiment.margin_reason} \"Inconclusive\" means neither a difference "
             "nor equivalence was shown: it is not \"no difference\".")
     mdes = [p["mde"] for p in done if not math.isnan(p["mde"])]
     if mdes:
-        c = done[0]["comparison"]
+        seeds = sorted({p["comparison"].seeds for p in done})
+        images = done[0]["comparison"].images
         strict = [p["comparison"].mde(alpha=0.05 / m) for p in done
                   if not math.isnan(p["mde"])]
-        text += (f" At {c.seeds} seeds and {c.images:,} test images, the smallest "
+        at = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+        text += (f" At {at} seeds and {images:,} test images, the smallest "
                  f"difference a pair here detects with 80% power is {min(mdes):.2f} to "
                  f"{max(mdes):.2f} points at the 5% level ({min(strict):.2f} to "
                  f"{max(strict):.2f} at Holm's strictest threshold, 0.05/{m}).")

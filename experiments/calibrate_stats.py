@@ -30,10 +30,10 @@ pair, all at the 5% level:
   draws), its standard error with a normal reference.
 
 Printed per regime and method: the false-positive rate ("a better" or "b better" under
-the null), the power at a true 0.5-point difference, the equivalence rate at a true 0
-with a 0.5-point margin, each with its Monte Carlo 95% interval; and the coverage of
-:func:`convjax.stats.accuracy_interval` (and of the seed-only t-interval) for config a's
-population accuracy. The target: a false-positive rate at most 7.5% in both regimes.
+the null), the power at a true ``--effect``-point difference (0.5), the equivalence rate
+at a true 0 with a ``--margin``-point margin (0.5), each with its Monte Carlo 95%
+interval; and the coverage of :func:`convjax.stats.accuracy_interval` (and of the
+seed-only t-interval) for config b's population accuracy. The target: a false-positive rate at most 7.5% in both regimes.
 """
 
 from __future__ import annotations
@@ -83,8 +83,14 @@ def population_accuracy(regime: Regime, shift: float = 0.0, draws: int = 2_000_0
 
 def shift_for(regime: Regime, points: float) -> float:
     """The logit shift of ``mu_a`` that raises the population accuracy by ``points``."""
+    if not 0 < points:
+        raise ValueError(f"shift_for: points must be > 0, got {points!r}")
     target = population_accuracy(regime) + points / 100
     lo, hi = 0.0, 3.0
+    if population_accuracy(regime, hi) < target:
+        raise ValueError(f"shift_for: a {points}-point gain is out of reach in the "
+                         f"{regime.name} regime (its accuracy is "
+                         f"{100 * population_accuracy(regime):.2f}%)")
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if population_accuracy(regime, mid) < target else (lo, mid)
@@ -211,12 +217,15 @@ def main(argv) -> int:
                     ("bootstrap", f.bootstrap)):
         if v < 2:
             raise app.UsageError(f"--{name} must be >= 2, got {v}")
+    for name, v in (("margin", f.margin), ("effect", f.effect)):
+        if not 0 < v < 100:
+            raise app.UsageError(f"--{name} must be a number of points in (0, 100), got {v}")
     print(f"Calibration of convjax.stats.compare: {f.sims} simulations per regime and truth, "
           f"{f.seeds} seeds x {f.images:,} fresh test images each, level 5%, equivalence "
           f"margin {f.margin} points, true effect {f.effect} points, simulation seed "
           f"{f.seed}.\n")
-    print("| regime | seed s.d. of the difference (median) | method | false positives "
-          "(true 0) | power (true +0.5) | equivalent (true 0, margin 0.5) |")
+    print(f"| regime | seed s.d. of the difference (median) | method | false positives "
+          f"(true 0) | power (true +{f.effect:g}) | equivalent (true 0, margin {f.margin:g}) |")
     print("|---|---|---|---|---|---|")
     coverage = []
     for i, name in enumerate(f.regimes):

@@ -108,6 +108,8 @@ def test_constant_tables_give_no_noise_estimate():
     r = stats.compare(a, a, margin=0.2)
     assert r.difference == 0.0 and r.se == 0.0 and math.isnan(r.p_value)
     assert math.isnan(r.low) and r.verdict == "inconclusive"
+    r = stats.compare(a, ~a, margin=0.2)  # a constant difference: no noise estimate either
+    assert r.difference == 100.0 and r.se == 0.0 and r.verdict == "inconclusive"
     assert math.isnan(stats.accuracy_interval(a).low)
 
 
@@ -151,6 +153,11 @@ def test_holm_adjusts_in_the_given_order():
     # max 0.02, 0.03, 0.06, 0.06.
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.9]) == [1.0, 1.0] and stats.holm([]) == []
+    # Ties, in either order; adjusted never below raw and monotone in the raw order.
+    assert stats.holm([0.01, 0.02, 0.01]) == pytest.approx([0.03, 0.03, 0.03])
+    raw = np.random.default_rng(0).random(12) / 10
+    adj = np.array(stats.holm(raw))
+    assert np.all(adj >= raw) and np.all(np.diff(adj[np.argsort(raw)]) >= 0)
     assert stats.holm([0.02]) == [0.02]
     for bad in ([0.1, math.nan], [1.2], [-0.1]):
         with pytest.raises(ValueError, match=r"in \[0, 1\]"):
@@ -177,6 +184,8 @@ def test_min_detectable_difference():
     ((np.ones((2, 10), bool),) * 2, {"confidence": 1.5}, ValueError, "got 1.5"),
     ((np.ones((2, 10), bool),) * 2, {"margin": 0}, ValueError, "margin must be"),
     ((np.ones((2, 10), bool),) * 2, {"margin": math.nan}, ValueError, "margin must be"),
+    ((np.ones((2, 10), bool),) * 2, {"margin": True}, ValueError, "margin must be"),
+    ((np.ones((2, 1), bool),) * 2, {}, ValueError, r"N >= 2 test images.*N=1"),
 ])
 def test_compare_refuses_bad_arguments(args, kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -189,6 +198,12 @@ def test_other_functions_refuse_bad_arguments():
             stats.mean_ci([0.9, 0.91], confidence=conf)
     with pytest.raises(ValueError, match="S >= 2 seeds"):
         stats.accuracy_interval(np.ones((1, 10), bool))
+    with pytest.raises(ValueError, match="0 < confidence < 1"):
+        stats.accuracy_interval(np.ones((2, 10), bool), confidence=95)
+    # NumPy scalars are numbers too.
+    r = stats.compare(np.ones((2, 10), bool), np.ones((2, 10), bool),
+                      confidence=np.float32(0.9), margin=np.float32(0.2))
+    assert r.confidence == pytest.approx(0.9) and r.margin == pytest.approx(0.2)
     with pytest.raises(ValueError, match="class indices"):
         stats.mcnemar(np.array([0, 3, 7]), np.array([0, 3, 1]))
 
