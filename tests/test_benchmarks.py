@@ -17,6 +17,7 @@ def _run(*args):
                           capture_output=True, text=True, timeout=300, check=True).stdout
 
 
+@pytest.mark.slow
 def test_benchmark_conv_prints_table_and_writes_json(tmp_path):
     out = _run("experiments.benchmark_conv", "--batch=2", "--repeats=1", "--scan_steps=1",
                "--cases=flax_cnn_conv1", f"--output_dir={tmp_path}")
@@ -28,6 +29,7 @@ def test_benchmark_conv_prints_table_and_writes_json(tmp_path):
     assert oct((tmp_path / "benchmark_conv.json").stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.slow
 def test_benchmark_depthwise_checks_variants_agree_and_prints():
     out = _run("experiments.benchmark_depthwise", "--batch=2", "--repeats=1",
                "--scan_steps=1", "--shapes=6x6x4")
@@ -35,6 +37,7 @@ def test_benchmark_depthwise_checks_variants_agree_and_prints():
         assert variant in out
 
 
+@pytest.mark.slow
 def test_benchmark_train_measures_engine_and_baseline(tmp_path):
     mnist = ROOT.parent / "shared" / "data" / "mnist"
     if not mnist.is_dir():

@@ -159,6 +159,7 @@ def test_jit_grad_vmap(rng):
 @pytest.mark.parametrize("backward,modes", [("canonical", ["rev"]), ("lax", ["fwd", "rev"])])
 @pytest.mark.parametrize("padding,stride,dilation,groups", [
     ("SAME", 1, 1, 1), ("VALID", 2, 1, 2), ("CIRCULAR", 1, 2, 1), ([(1, 0), (2, 1)], 2, 1, 1)])
+@pytest.mark.slow
 def test_check_grads_second_order(rng, padding, stride, dilation, groups, backward, modes):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 2, 2 // groups, 2)), jnp.float32)
@@ -190,6 +191,7 @@ def test_grad_in_half_precision_keeps_dtypes(rng):
     ((3,), (1,), "SAME", (1,), 2),
     ((2, 2, 2), (1, 1, 1), "VALID", (1, 1, 1), 1),
 ])
+@pytest.mark.slow
 def test_parity_with_flax_linen_conv(rng, kernel_size, strides, padding, dilation, groups):
     rank = len(kernel_size)
     x = jnp.asarray(rng.normal(size=(2, *([8] * rank), 4)), jnp.float32)

@@ -40,6 +40,7 @@ PAD2 = [(1, 2), (0, 1), (2, 0)]
 
 @pytest.mark.parametrize("ksize,stride,dilation,groups,padding", list(itertools.product(
     [2, 3], [1, 2, 3], [1, 2], [1, 2], ["SAME", "VALID", "CIRCULAR", "pairs"])))
+@pytest.mark.slow
 def test_2d_grid_matches_stock_autodiff(rng, ksize, stride, dilation, groups, padding):
     _check(rng, 2, ksize, stride, dilation, groups, PAD2[:2] if padding == "pairs" else padding)
 
@@ -49,6 +50,7 @@ def test_2d_grid_matches_stock_autodiff(rng, ksize, stride, dilation, groups, pa
     (1, 3, 2, 2, 1, [(3, 1)]), (3, 3, 2, 1, 1, "SAME"), (3, 2, 1, 2, 2, "VALID"),
     (3, 3, 1, 1, 1, "CIRCULAR"), (3, 2, 3, 1, 1, [(1, 0), (0, 2), (1, 1)]),
 ])
+@pytest.mark.slow
 def test_1d_3d_match_stock_autodiff(rng, rank, ksize, stride, dilation, groups, padding):
     _check(rng, rank, ksize, stride, dilation, groups, padding, size=7 if rank == 1 else 5)
 
@@ -129,6 +131,7 @@ def test_backward_is_made_of_canonical_convs_only():
     assert any(d != canonical for d in dns)  # what the canonical VJP avoids
 
 
+@pytest.mark.slow
 def test_forward_mode_needs_backward_lax(rng):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
@@ -158,6 +161,7 @@ def test_forward_mode_needs_backward_lax(rng):
         convjax.conv(x, k, backward="fast")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU log check")
 def test_no_unoptimized_convolution_fallback_in_scan(tmp_path):
     # XLA:CPU logs "Falling back to unoptimized convolution" (thunk_emitter, VLOG 2) for
@@ -189,6 +193,7 @@ def test_no_unoptimized_convolution_fallback_in_scan(tmp_path):
 
 @pytest.mark.parametrize("c,o,padding,stride", [
     (1, 4, [(1, 2), (2, 0)], 1), (3, 4, [(4, 0), (0, 5)], 2), (1, 2, [(3, 3), (0, 4)], 3)])
+@pytest.mark.slow
 def test_padding_wider_than_the_kernel_matches_numpy(rng, c, o, padding, stride):
     # The adjoint then needs negative padding (a crop). XLA:CPU computes a conv with
     # negative padding wrongly when it has two or more input features (jax 0.10.2; the
@@ -222,6 +227,7 @@ def test_padding_wider_than_the_kernel_matches_numpy(rng, c, o, padding, stride)
     (2, 3, 4, 1, 2, ((-1, 2), (2, -1))), (1, 7, 1, 3, 1, ((3, 3),)),
     (3, 3, 1, 2, 1, ((1, 1), (0, 0), (1, 0))),
 ])
+@pytest.mark.slow
 def test_tap_conv_equals_lax_conv(rng, rank, ksize, c, stride, dilation, pairs):
     from convjax.functional import conv_grad as G
     x = jnp.asarray(rng.normal(size=(2, *([9] * rank), c)), jnp.float32)

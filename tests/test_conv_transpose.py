@@ -36,6 +36,7 @@ def test_dot_product_adjoint_identity(rng, stride, padding, ksize, size):
     (2, 2, "SAME", 1), (2, 2, "CIRCULAR", 1), (2, 1, "CIRCULAR", 2), (2, 2, [(2, 1), (0, 3)], 1),
     (2, (1, 2), "VALID", (2, 1)), (3, 2, "SAME", 1), (3, 1, "CIRCULAR", 1),
 ])
+@pytest.mark.slow
 def test_equals_vjp_of_conv_and_numpy_scatter(rng, rank, stride, padding, dilation):
     spatial = (7, 6, 5)[:rank]
     x = rng.normal(size=(2, *spatial, 3)).astype(np.float32)

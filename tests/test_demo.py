@@ -26,6 +26,7 @@ def test_demo_forward_shapes():
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
+@pytest.mark.slow
 def test_demo_script_prints_table():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-m", "experiments.demo", "--batch=2",
@@ -37,6 +38,7 @@ def test_demo_script_prints_table():
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
+@pytest.mark.slow
 def test_demo_on_real_mnist():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-m", "experiments.demo", "--batch=3",

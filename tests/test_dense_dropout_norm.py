@@ -192,6 +192,7 @@ def test_batch_norm_errors():
         convjax.batch_norm(params, state, jnp.zeros((2, 3), jnp.int32), training=True)
 
 
+@pytest.mark.slow
 def test_check_grads_dense_and_batch_norm(rng):
     x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)

@@ -30,6 +30,7 @@ def depthwise_ref(x, k, *, stride, padding, dilation):
     (2, 1, 1, "SAME", 1), (2, 2, 2, "SAME", 1), (2, 1, 1, "VALID", 2), (2, 2, 1, [(1, 0), (2, 1)], 1),
     (2, 1, 2, "CIRCULAR", 1), (3, 1, 1, "SAME", 1), (3, 2, 2, "VALID", 1),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grouped", "taps"])
 def test_depthwise_matches_per_channel_loops_and_grouped_conv(rng, rank, multiplier, stride,
                                                               padding, dilation, method):
@@ -85,6 +86,7 @@ def test_separable_parameter_count_matches_keras():
     assert sum(v.size for v in p.values()) == 640
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grouped", "taps"])
 def test_check_grads(rng, method):
     x = jnp.asarray(rng.normal(size=(1, 5, 5, 2)), jnp.float32)

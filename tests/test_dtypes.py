@@ -47,6 +47,7 @@ OPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("name", list(OPS))
 def test_dtype_grid(name, dtype):
@@ -104,6 +105,7 @@ def test_half_precision_ops_ask_xla_for_float32_accumulation(dtype):
         assert to_f32[0] < ops.index(first_sum[name]), (name, ops)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("name", ["dense", "pointwise", "conv"])
 def test_half_precision_gradients(name, dtype):

@@ -244,6 +244,7 @@ def test_experiment_margin_is_checked():
         E.Experiment("x", "x", (A,), margin=0.5, margin_reason=" ")
 
 
+@pytest.mark.slow
 def test_resume_mid_group_trains_the_missing_seed_alone_with_the_same_result(tmp_path,
                                                                              monkeypatch):
     train, test = mnist_slices(256, 200)
@@ -377,6 +378,7 @@ def _check_outputs(out, configs, seeds, stdout):
     return rows
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_bottleneck_script_end_to_end(bottleneck_run):
     out, p = bottleneck_run
@@ -387,6 +389,7 @@ def test_bottleneck_script_end_to_end(bottleneck_run):
     assert "epoch 1/1" in p.stderr and "images/s" in p.stderr and "ETA" in p.stderr
 
 
+@pytest.mark.slow
 def test_bottleneck_probe_reuses_the_trained_networks(bottleneck_run, tmp_path):
     """The probe script on the bottleneck script's networks (copied: nothing is trained
     again, the settings match), with small samples."""
@@ -430,6 +433,7 @@ def test_bottleneck_probe_reuses_the_trained_networks(bottleneck_run, tmp_path):
     assert (out / "variance_captured.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["kernel_sizes", "filter_counts"])
 def test_other_scripts_are_wired(name):
     # The scripts share _sweep.main, run end to end above through the bottleneck script;
@@ -447,6 +451,7 @@ def test_other_scripts_are_wired(name):
     assert set(mod.DEFAULTS.quick_configs) <= set(mod.EXPERIMENT.configs)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_resume_after_kill_gives_the_same_results(bottleneck_run, tmp_path):
     ref_dir, _ = bottleneck_run

@@ -126,6 +126,7 @@ def test_bad_command_lines_exit_2_with_one_line(capsys, args, message):
     assert err.startswith(message) and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_the_module_runs_as_a_command():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     ok = subprocess.run([sys.executable, "-m", "convjax.explain", "--input=8,8,1",

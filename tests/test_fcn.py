@@ -67,6 +67,7 @@ def _windows(model, variables, x, shape, stride):
         for j in range(cols)], axis=1) for i in range(rows)], axis=1)
 
 
+@pytest.mark.slow
 def test_small_model_equals_the_windows_at_every_size_and_stride(rng):
     shape = (16, 14, 2)
     model = Small()
@@ -149,6 +150,7 @@ FAMILIES = ["tf-tutorial-valid", "flax-example-valid", "bottleneck-r4-k3-w8.16-b
             "stacked-n2-w4.8-h0-valid"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", FAMILIES)
 def test_model_families_valid_twins_are_exact(model_id, rng):
     model = models.get(model_id)
@@ -223,6 +225,7 @@ class InlineMean(nn.Module):
     (Patchify(), (32, 32, 1), [(35, 45), (41, 38)]),
     (SharedHead(), (3, 3, 1), [(7, 5)]),
 ])
+@pytest.mark.slow
 def test_same_padding_that_reads_nothing_and_shared_head_layers(model, shape, sizes, rng):
     variables = _init(model, shape)
     fcn, fv = FC.to_fully_convolutional(model, variables, shape)
@@ -265,6 +268,7 @@ class Upsampling(nn.Module):
         return Lyr.Dense(3)(Lyr.Flatten()(x))
 
 
+@pytest.mark.slow
 def test_models_it_cannot_convert_are_refused_with_the_reason():
     shape = (8, 8, 1)
 
@@ -318,6 +322,7 @@ def test_inputs_are_checked_before_tracing():
                                   input_shape=(16, 14, 2))
 
 
+@pytest.mark.slow
 def test_variable_input_script_end_to_end(tmp_path):
     """Two tiny models (VALID and its SAME twin) trained on 1,000 digits, read 4 strips
     and 4 grids; the files and the exactness of the VALID model are checked."""

@@ -40,6 +40,7 @@ CASES = ([(name, shape) for name in INITS for shape in [(3, 3, 64, 128), (500, 4
             for shape in [(5, 128, 256), (3, 3, 3, 32, 64), (3, 3, 1, 4096)]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape", CASES)
 def test_variance_matches_formula_and_jax(name, shape):
     ours, theirs, var_fn = INITS[name]
@@ -71,6 +72,7 @@ def test_new_and_legacy_keys(key):
     assert convjax.dropout(key, jnp.ones(4), 0.5, deterministic=False).shape == (4,)
 
 
+@pytest.mark.slow
 def test_param_makers():
     key = jax.random.key(1)
     p = init.conv_params(key, (3, 3), 8, 16, groups=4, dtype=jnp.bfloat16)

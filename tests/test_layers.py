@@ -40,10 +40,12 @@ def _swap(ours, theirs, x):
     (dict(features=5, kernel_size=4), (2, 20, 2)),  # an int kernel_size is 1D, as in Flax
     (dict(features=4, kernel_size=(2, 3, 3), padding="VALID"), (1, 4, 6, 6, 2)),
 ])
+@pytest.mark.slow
 def test_conv_params_interchange_with_flax_conv(kw, shape):
     _swap(layers.Conv(**kw), nn.Conv(**kw), _x(shape))
 
 
+@pytest.mark.slow
 def test_pointwise_depthwise_dense_transpose_interchange_with_flax():
     x = _x((2, 8, 8, 4))
     _swap(layers.Pointwise(6), nn.Conv(6, (1, 1)), x)
@@ -211,6 +213,7 @@ def _support(model, variables, size):
     return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
 
 
+@pytest.mark.slow
 def test_shared_modules_and_branches_in_the_tables():
     a = A.analyze_model(_Shared(), (8, 8, 4))
     assert [r.path for r in a.rows] == ["conv", "conv"]

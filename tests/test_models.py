@@ -151,6 +151,7 @@ def test_bottleneck_vs_plain_cost_follows_the_formula():
 @pytest.mark.parametrize("model_id", ["plain-k3-w8.16-convhead",
                                       "bottleneck-r4-k3-w4.8-res-nonepool-convhead",
                                       "stacked-n2-w8-avgpool-bn-convhead"])
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [28, 29, 36, 64])
 def test_fully_convolutional_models_take_any_size(model_id, size):
     model = models.get(model_id)
@@ -180,6 +181,7 @@ def test_dense_head_models_refuse_another_size_clearly():
         model.apply(v, jnp.ones((1, 36, 36, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", FAMILIES)
 def test_jit_and_grad_in_both_modes(model_id):
     model = models.get(model_id)

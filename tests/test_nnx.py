@@ -158,6 +158,7 @@ def test_analysis_tables_on_an_nnx_model():
     assert abs(r.ratio - 1) < 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST not found at {MNIST_DIR}")
 def test_a_small_nnx_cnn_learns_on_mnist():
     train = data.load("mnist", "train", data_dir=MNIST_DIR, dtype="float32")

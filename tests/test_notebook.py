@@ -49,6 +49,7 @@ def test_one_clean_notebook_with_the_readme_badge():
     assert f'"https://github.com/{repos.pop()}"' in code  # REPO_URL: the badge's repository
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST at {MNIST_DIR}")
 def test_the_notebook_runs_top_to_bottom_on_eight_cpu_devices(tmp_path, monkeypatch):
     pytest.importorskip("nbclient")

@@ -15,6 +15,7 @@ from tests import numpy_reference as ref
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("window,stride,padding", list(itertools.product(
     [2, 3], [None, 1, 2], ["VALID", "SAME", "CIRCULAR", "pairs"])))
+@pytest.mark.slow
 def test_pools_match_numpy_loops(rng, rank, window, stride, padding):
     size = (9, 7, 5)[rank - 1]
     x = rng.normal(size=(2, *([size] * rank), 3)).astype(np.float32)
@@ -81,6 +82,7 @@ def test_global_pools(rng):
     assert convjax.global_max_pool(x3[:, 0]).shape == (2, 6)
 
 
+@pytest.mark.slow
 def test_dtypes_jit_grad_vmap(rng):
     x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
     for dtype in (jnp.bfloat16, jnp.float16):

@@ -91,6 +91,7 @@ def test_the_progress_callback_is_the_only_host_round_trip():
     assert "callback" not in texts[0] and "callback" in texts[1]
 
 
+@pytest.mark.slow
 def test_bfloat16_training_is_close_to_float32(mnist):
     runs = {}
     for dtype in T.COMPUTE_DTYPES:
@@ -116,6 +117,7 @@ def test_bad_compute_dtype():
         T.TrainConfig(compute_dtype="float16")
 
 
+@pytest.mark.slow
 def test_compilations_do_not_grow_with_epochs(mnist):
     def compilations(epochs):
         jax.clear_caches()

@@ -19,6 +19,7 @@ def test_the_readme_has_executed_examples():
     assert len(_blocks()) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_blocks())))
 def test_readme_example_runs(index, capsys):
     exec(compile(_blocks()[index], f"README.md example {index + 1}", "exec"), {})

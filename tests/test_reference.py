@@ -18,6 +18,7 @@ PAIRS = [(1, 2), (2, 0), (0, 1)]
     (2, 3, 3, 1, "SAME"), (2, 2, 3, 2, "pairs"),
     (1, 3, 2, 1, "SAME"), (1, 2, 1, 2, "pairs"), (3, 2, 2, 1, "SAME"), (3, 3, 1, 1, "VALID"),
 ])
+@pytest.mark.slow
 def test_forward_and_backward_match_conv_vjp_and_conv_transpose(rng, rank, ksize, stride,
                                                                  dilation, padding):
     size = {1: 9, 2: 7, 3: 5}[rank]

@@ -42,6 +42,7 @@ def _metrics(epochs):
     return [{k: v for k, v in e.items() if k not in TIMING} for e in epochs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,exact", [("loop", True), ("vmap", False)])
 def test_seeds_at_once_equal_separate_runs(mnist, strategy, exact):
     together = _run(mnist, model=DROP, seed=5, seeds=3, seed_strategy=strategy)
@@ -86,6 +87,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_resume_is_bit_identical(mnist, tmp_path):
     kw = dict(model=DROP, epochs=3, seeds=2, optimizer="adam", learning_rate=1e-3)
@@ -110,6 +112,7 @@ def test_resume_is_bit_identical(mnist, tmp_path):
         whole.summary["test_accuracy"]
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_checkpoint_safety(mnist, tmp_path):
     (tmp_path / "notes.txt").write_text("not ours")
@@ -168,6 +171,7 @@ def _compare(a, b, rtol=2e-4):
     np.testing.assert_allclose(a["kernel_sum"], b["kernel_sum"], rtol=rtol)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_eight_devices_data_and_seeds_parallel_match_one_device():
     env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -204,6 +208,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_two_processes_match_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -253,6 +253,7 @@ def test_small_calibration_false_positives_in_both_regimes():
     assert fp["image"]["seed-only t"] >= 2 * max(fp["image"]["two-way"], 0.05), fp
 
 
+@pytest.mark.slow
 def test_calibration_script_runs_and_prints_its_tables():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.calibrate_stats", "--sims=4", "--images=300",

@@ -34,6 +34,7 @@ def _run(mnist, tmp_path=None, **kw):
                                 progress=None)
 
 
+@pytest.mark.slow
 def test_trains_and_writes_metrics(mnist, tmp_path):
     (tmp_path / "notes.txt").write_text("not ours")
     lines = []
@@ -63,6 +64,7 @@ def test_trains_and_writes_metrics(mnist, tmp_path):
     assert summary["flops_per_image"] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(mnist):
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
     a, b = _run(mnist, seed=3), _run(mnist, seed=3)
@@ -73,6 +75,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(mnist):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(mnist):
     with pytest.raises(FloatingPointError, match=r"^train: the loss is (nan|inf) at epoch 1, "
                                                  r"step \d+ of 16 \(seed 0\); last finite loss: "):
@@ -97,6 +100,7 @@ def test_evaluation_counts_every_image_once(mnist):
     assert float(acc2) == pytest.approx(float(acc), abs=1e-7)
 
 
+@pytest.mark.slow
 def test_run_returns_the_last_epochs_test_predictions(mnist):
     r = _run(mnist, seeds=2)
     assert r.predictions.shape == (2, 300)
@@ -106,6 +110,7 @@ def test_run_returns_the_last_epochs_test_predictions(mnist):
         assert len(r.epochs[-1]["per_seed"][i]["train_loss_curve"]) == 16  # 16 steps < 20
 
 
+@pytest.mark.slow
 def test_in_epoch_report_is_called_every_n_steps_without_changing_results(mnist):
     model = models.get(TINY)
     tx = optax.sgd(0.1)
@@ -172,6 +177,7 @@ def test_schedules():
 @pytest.mark.parametrize("optimizer,weight_decay", [("sgd", 0.0), ("sgd", 1e-4),
                                                     ("adam", 0.0), ("adamw", 1e-4),
                                                     ("adadelta", 0.0)])
+@pytest.mark.slow
 def test_every_optimizer_trains(mnist, optimizer, weight_decay):
     lr = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3, "adadelta": 1.0}[optimizer]
     r = _run(mnist, optimizer=optimizer, weight_decay=weight_decay, learning_rate=lr,
@@ -179,6 +185,7 @@ def test_every_optimizer_trains(mnist, optimizer, weight_decay):
     assert np.isfinite(r.epochs[0]["train_loss"]) and r.epochs[0]["train_loss"] < 2.3
 
 
+@pytest.mark.slow
 def test_batch_norm_and_dropout_models_train(mnist):
     r = _run(mnist, model="plain-k3-w8-bn-do0.25-h32", epochs=1)
     assert r.state.batch_stats  # running statistics are carried through the epoch
@@ -222,6 +229,7 @@ print(json.dumps([r.epochs[0]["train_loss"], r.epochs[0]["test_loss"]]))
 """
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_the_cpu_xla_flag_does_not_change_results():
     out = {}
@@ -234,6 +242,7 @@ def test_the_cpu_xla_flag_does_not_change_results():
     np.testing.assert_allclose(out["stock"], out["ynn_off"], rtol=1e-4)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_the_command_writes_metrics(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
