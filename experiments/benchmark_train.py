@@ -22,7 +22,7 @@ as a fraction of the measured peak (FLOPs per training image from
 :mod:`convjax.analysis`, cross-checked with XLA's cost analysis of one step), and writes
 the same as JSON (``benchmark_train.json``, atomically) to ``--output_dir``.
 
-Targets (issue 9): engine >= 2.0x baseline; >= 3,600 images/s here; >= 50% of peak;
+Targets: engine >= 2.0x baseline; >= 3,600 images/s here; >= 50% of peak;
 compile <= 3 s; evaluation >= 15,000 images/s.
 """
 
