@@ -540,14 +540,14 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
     for r in rows:
         if r["config_id"] in experiment.configs:
             by.setdefault(r["config_id"], {})[r["seed"]] = r
-    labels = _load_npy(_labels_path(output_dir)) if output_dir else None
+    outcomes, missing = _outcomes(output_dir, by)
     configs = []
     for mid in experiment.configs:
         runs = by.get(mid, {})
         if not runs:
             continue
         rs = [runs[s] for s in sorted(runs)]
-        correct = _correct(output_dir, mid, sorted(runs), labels)
+        correct = _correct(outcomes.get(mid, {}), sorted(runs))
         configs.append({
             "config_id": mid,
             "seeds": sorted(runs),
@@ -564,7 +564,7 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
                                for e in range(min(len(r["epochs"]) for r in rs))],
             "loss_curve": _loss_curve(rs),
         })
-    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), output_dir, labels,
+    pairs = [_compare(p, by.get(p.a, {}), by.get(p.b, {}), outcomes, missing,
                       experiment.margin) for p in experiment.pairs]
     _holm(pairs)
     mdes = [p["mde"] for p in pairs if "mde" in p and not math.isnan(p["mde"])]
@@ -580,19 +580,31 @@ def summarize(experiment: Experiment, rows: list[dict], output_dir: str | None =
     return out
 
 
-def _correct(output_dir: str | None, config_id: str, seeds: Sequence[int],
-             labels: np.ndarray | None) -> np.ndarray | None:
+def _outcomes(output_dir: str | None, by: dict[str, dict[int, dict]]
+              ) -> tuple[dict[str, dict[int, np.ndarray]], str | None]:
+    """``({config_id: {seed: bool [N] correct flags}}, None)``, each saved prediction read
+    once (a seed without predictions is left out); ``({}, why)`` when there is nothing to
+    read them against."""
+    if output_dir is None:
+        return {}, "no output_dir holding the per-image predictions"
+    labels = _load_npy(_labels_path(output_dir))
+    if labels is None:
+        return {}, f"{_labels_path(output_dir)} is missing"
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for mid, runs in by.items():
+        for s in runs:
+            pred = _load_npy(_predictions_path(output_dir, mid, s))
+            if pred is not None and pred.shape == labels.shape:
+                out.setdefault(mid, {})[s] = pred == labels
+    return out, None
+
+
+def _correct(outcomes: dict[int, np.ndarray], seeds: Sequence[int]) -> np.ndarray | None:
     """Bool ``[len(seeds), N]``: which test images each seed got right; None when a
-    seed's predictions (or the labels) are missing."""
-    if output_dir is None or labels is None:
+    seed's predictions are missing."""
+    if not seeds or any(s not in outcomes for s in seeds):
         return None
-    out = []
-    for s in seeds:
-        pred = _load_npy(_predictions_path(output_dir, config_id, s))
-        if pred is None or pred.shape != labels.shape:
-            return None
-        out.append(pred == labels)
-    return np.stack(out)
+    return np.stack([outcomes[s] for s in seeds])
 
 
 def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
@@ -608,8 +620,8 @@ def _loss_curve(rows: list[dict]) -> list[tuple[float, float]]:
     return points
 
 
-def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
-             labels: np.ndarray | None, margin: float) -> dict:
+def _compare(pair: Pair, a: dict, b: dict, outcomes: dict[str, dict[int, np.ndarray]],
+             missing: str | None, margin: float) -> dict:
     common = sorted(set(a) & set(b))
     out: dict[str, Any] = {"a": pair.a, "b": pair.b, "question": pair.question,
                            "seeds": common, "verdict": "not compared", "margin": margin}
@@ -618,12 +630,10 @@ def _compare(pair: Pair, a: dict, b: dict, output_dir: str | None,
         why = f"{pair.a} and {pair.b} share no finished seed yet"
     elif len(common) < 2:
         why = "one seed cannot measure the seed noise"
-    elif output_dir is None:
-        why = "no output_dir holding the per-image predictions"
-    elif labels is None:
-        why = f"{_labels_path(output_dir)} is missing"
-    ca = _correct(output_dir, pair.a, common, labels) if not why else None
-    cb = _correct(output_dir, pair.b, common, labels) if not why else None
+    else:
+        why = missing
+    ca = _correct(outcomes.get(pair.a, {}), common) if not why else None
+    cb = _correct(outcomes.get(pair.b, {}), common) if not why else None
     if not why and (ca is None or cb is None):
         why = "the per-image predictions of a seed are missing"
     if why:

@@ -320,8 +320,7 @@ def compare(correct_a, correct_b, *, confidence: float = 0.95,
         difference=diff, low=low, high=high, se=se, df=dec.df, p_value=p,
         p_equivalence=p_eq, verdict=verdict(diff, p, p_eq, conf), seeds=s, images=n,
         correct_a=int(a.sum()), correct_b=int(b.sum()),
-        seed_sd=float(100 * np.std(per_seed, ddof=1) / n) if np.any(per_seed != per_seed[0])
-        else 0.0,
+        seed_sd=float(100 * np.std(per_seed, ddof=1) / n),  # integer counts: 0 is exact
         var_seed=dec.var_seed, var_image=dec.var_image, var_residual=dec.var_residual,
         confidence=conf, margin=None if margin is None else float(margin))
 
